@@ -50,7 +50,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise PretrainedWeightsError(f"{path}: pretrained weights file not found")
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means the file is unusable
+    except Exception as err:  # any unpickling failure means the file is unusable
         raise PretrainedWeightsError(f"{path}: not a readable PyTorch state_dict ({err})") from None
     for key in ("state_dict", "model"):
         if isinstance(content, dict) and isinstance(content.get(key), dict):
