@@ -15,7 +15,7 @@ Nothing is ever downloaded: ``pretrained_weights`` is a path to a file on disk.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -65,14 +65,17 @@ def load_pretrained(
     path: str | os.PathLike | None,
     first_conv: str = "conv1.weight",
     head_prefixes: Sequence[str] = ("fc.",),
+    rename: Callable[[str], str] | None = None,
 ) -> nn.Module:
     """Load torchvision-format ImageNet weights into ``network`` (returned, modified in place).
 
     Args:
-        network: the 2-channel classifier, with torchvision parameter names.
+        network: the 2-channel classifier, with torchvision parameter names (or those that ``rename`` gives).
         path: local ``.pth``/``.pt`` state_dict; ``None`` or ``""`` leaves the network as initialised.
         first_conv: key of the RGB first-convolution kernel, adapted with :func:`adapt_first_conv`.
         head_prefixes: key prefixes of the ImageNet classification head, which is not loaded.
+        rename: maps each key of the file to ``network``'s name for it (e.g. torchvision to MONAI DenseNet names),
+            applied first; ``first_conv`` and ``head_prefixes`` are then ``network``'s names. ``None``: keys as-is.
 
     Raises:
         PretrainedWeightsError: the file is missing/unreadable, or its keys or shapes do not match ``network``
@@ -81,6 +84,11 @@ def load_pretrained(
     if not path:
         return network
     source = read_state_dict(path)
+    if rename is not None:
+        renamed = {rename(k): v for k, v in source.items()}
+        if len(renamed) != len(source):
+            raise PretrainedWeightsError(f"{path}: renaming its keys made {len(source) - len(renamed)} collide")
+        source = renamed
     target = network.state_dict()
     if first_conv in source and first_conv in target:
         source[first_conv] = adapt_first_conv(source[first_conv], target[first_conv].shape[1])
