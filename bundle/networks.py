@@ -98,7 +98,9 @@ def load_pretrained(
 
     body_source = {k: v for k, v in source.items() if not is_head(k)}
     body_target = {k: v for k, v in target.items() if not is_head(k)}
-    missing = sorted(set(body_target) - set(body_source))
+    # BatchNorm counters are absent from pre-0.4 files (torchvision's densenet169, resnet50 V1); BatchNorm's own
+    # loading tolerates that, so they are not missing weights.
+    missing = sorted(k for k in set(body_target) - set(body_source) if not k.endswith(".num_batches_tracked"))
     unexpected = sorted(set(body_source) - set(body_target))
     wrong_shape = [
         f"{k}: file {tuple(body_source[k].shape)} vs network {tuple(v.shape)}"
