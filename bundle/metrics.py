@@ -279,10 +279,12 @@ def youden_threshold(labels: Sequence[int] | np.ndarray, probabilities: Sequence
     from sklearn.metrics import roc_curve
 
     fpr, tpr, thresholds = roc_curve(np.asarray(labels, dtype=int), np.asarray(probabilities, dtype=float))
+    real = np.isfinite(thresholds)  # sklearn prepends +inf (nothing called malignant): not a usable threshold
+    fpr, tpr, thresholds = fpr[real], tpr[real], thresholds[real]
     j = tpr - fpr
     best = int(np.argmax(j))
     return {
-        "threshold": float(min(thresholds[best], 1.0)),
+        "threshold": float(thresholds[best]),
         "youden_j": float(j[best]),
         "sensitivity": float(tpr[best]),
         "specificity": float(1 - fpr[best]),
@@ -340,30 +342,49 @@ def metrics_with_ci(
     return out
 
 
-def weighted_auc_matrix(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """ROC AUC (ties count 1/2) under each row of lesion weights: the Mann-Whitney statistic with weighted lesions.
+def weighted_auc_matrix(
+    labels: Sequence[int] | np.ndarray,
+    scores: Sequence[float] | np.ndarray,
+    weights: np.ndarray,
+    clusters: Sequence[int] | np.ndarray | None = None,
+) -> np.ndarray:
+    """ROC AUC (ties count 1/2) under each row of weights: the Mann-Whitney statistic with weighted lesions.
 
-    Used for the patient-cluster bootstrap, where a lesion's weight is how often its patient was drawn.
+    Used for the patient-cluster bootstrap, where a lesion's weight is how often its patient was drawn. The lesions
+    are summed per (tie group, cluster) with a sparse matrix, so B resamples cost one sparse-dense product.
 
     Args:
         labels: 0/1, shape (N,).
         scores: shape (N,).
-        weights: non-negative, shape (B, N).
+        weights: non-negative, shape (B, K): one row per resample, one column per cluster.
+        clusters: cluster (patient) index in 0..K-1 of each lesion, shape (N,); None = every lesion its own
+            cluster (K = N).
 
     Returns:
         Shape (B,); NaN for a row whose positive or negative weights sum to zero.
     """
+    from scipy.sparse import csr_matrix
+
     y = np.asarray(labels, dtype=int).ravel()
     s = np.asarray(scores, dtype=float).ravel()
     w = np.atleast_2d(np.asarray(weights, dtype=float))
+    c = np.arange(len(y)) if clusters is None else np.asarray(clusters, dtype=int).ravel()
+    if not len(y) == len(s) == len(c) or (len(c) and c.max() >= w.shape[1]):
+        raise ValueError(f"labels {y.shape}, scores {s.shape}, clusters {c.shape} and weights {w.shape} differ")
     order = np.argsort(s, kind="mergesort")
     s_sorted = s[order]
-    starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
-    w_sorted = w[:, order]
-    pos_w = np.add.reduceat(w_sorted * y[order], starts, axis=1)
-    neg_w = np.add.reduceat(w_sorted * (1 - y[order]), starts, axis=1)
-    below = np.cumsum(neg_w, axis=1) - neg_w
-    num = (pos_w * (below + 0.5 * neg_w)).sum(axis=1)
-    den = pos_w.sum(axis=1) * neg_w.sum(axis=1)
+    tie_group = np.cumsum(np.r_[True, s_sorted[1:] != s_sorted[:-1]]) - 1
+    n_groups = int(tie_group[-1]) + 1 if len(y) else 0
+    group_of = np.empty(len(y), dtype=int)
+    group_of[order] = tie_group
+
+    def summed(mask: np.ndarray) -> np.ndarray:  # (G, B): weight of the class's lesions in each tie group
+        g = csr_matrix((np.ones(int(mask.sum())), (group_of[mask], c[mask])), shape=(n_groups, w.shape[1]))
+        return np.asarray(g @ w.T)
+
+    pos_w, neg_w = summed(y == 1), summed(y == 0)
+    below = np.cumsum(neg_w, axis=0) - neg_w
+    num = (pos_w * (below + 0.5 * neg_w)).sum(axis=0)
+    den = pos_w.sum(axis=0) * neg_w.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
