@@ -263,17 +263,17 @@ def _table2(report: Mapping[str, Any]) -> list[Table]:
                 ],
                 "published",
             )
-    table.notes += [
+    table.notes.append(
         "Proportions in percent with 95% Wilson intervals; AUC with 95% DeLong intervals. Mean ± SD over folds "
-        "(sample SD); pooled = all out-of-fold lesions together.",
-        "Published per-fold AUCs are not reported in the paper (—). The published mean is the paper's stated average."
-        " The pooled published counts are Table 1's totals as printed.",
-    ]
+        "(sample SD); pooled = all out-of-fold lesions together."
+    )
     tables = [table]
     if interleave:
-        table.notes.append(
-            "Published folds 1–5 are placed beside ours by position only; the patients in each fold differ."
-        )
+        table.notes += [
+            "Published folds 1–5 are placed beside ours by position only; the patients in each fold differ.",
+            "The paper reports no AUC per fold (—). The published mean is the paper's stated average; the published "
+            "pooled counts are Table 1's totals as printed.",
+        ]
     else:
         pub = Table(
             "Table 2 (published) — " + PUBLISHED,
