@@ -66,7 +66,8 @@ tr.published td { background: #fafafa; color: #57606a; font-style: italic; }
 tr.group td { background: #eef2f7; font-weight: 600; text-align: left; }
 .note { font-size: .85em; color: #57606a; margin: .2em 0; }
 .selection { background: #fff8e6; border-left: 4px solid #e3a008; padding: .5em .8em; }
-.warnings { background: #fdecea; border-left: 4px solid #d93025; padding: .5em .8em .5em 2em; }
+.warnings { background: #fdecea; border-left: 4px solid #d93025; padding: .5em .8em; }
+.warnings ul { margin: .3em 0 0 0; }
 figure { margin: 1.2em 0; } figure img { max-width: 100%; border: 1px solid #e5e7eb; }
 figcaption { font-size: .9em; color: #57606a; }
 code { background: #f3f4f6; padding: 0 .25em; border-radius: 3px; }
@@ -621,7 +622,7 @@ def render_html(report: Mapping[str, Any]) -> str:
             body.append(f'<p class="selection"><strong>{e(payload)}</strong></p>')
         elif kind == "warnings":
             items = "".join(f"<li>{e(w)}</li>" for w in payload)
-            body.append(f'<ul class="warnings"><strong>Warnings</strong>{items}</ul>')
+            body.append(f'<div class="warnings"><strong>Warnings</strong><ul>{items}</ul></div>')
         elif kind == "ul":
             body.append("<ul>" + "".join(f"<li>{e(item)}</li>" for item in payload) + "</ul>")
         elif kind == "figure":
