@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from bundle import paper_results
-from bundle.io import atomic_write
+from bundle.io import atomic_write_text
 from bundle.metrics import (
     MIN_CASES_PER_CLASS,
     PROPORTIONS,
@@ -64,7 +64,6 @@ UNKNOWN_TUMOR_VALUES = ("", "unknown", "none", "null", "nan")
 MAX_LISTED_PROBLEMS = 20
 BOOTSTRAP_CHUNK = 250
 ROC_MAX_POINTS = 400  # vertices kept per ROC curve in report.json (drawing only; AUCs use every lesion)
-OUTPUT_MODE = 0o644  # report files are meant to be read by others (temporary files start as 0600)
 
 METHODS = {
     "proportions": "95% Wilson score interval (no continuity correction).",
@@ -807,17 +806,6 @@ def build_report(
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write UTF-8 ``text`` atomically (``bundle.io.atomic_write``), readable by others (``OUTPUT_MODE``)."""
-
-    def _write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, OUTPUT_MODE)
-
-    atomic_write(path, _write)
-
-
 def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write ``report.json``, ``report.md``, ``report.html`` and ``figures/*.png`` into ``out_dir``, each atomically.
 
@@ -831,9 +819,9 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike) -> dict[
     written = {"json": out_dir / "report.json", "markdown": out_dir / "report.md", "html": out_dir / "report.html"}
     written |= {fig["file"]: out_dir / fig["file"] for fig in report["figures"]}
     render_figures(report, out_dir)
-    write_text(written["json"], json.dumps(report, indent=1, allow_nan=False) + "\n")
-    write_text(written["markdown"], render_markdown(report))
-    write_text(written["html"], render_html(report))
+    atomic_write_text(written["json"], json.dumps(report, indent=1, allow_nan=False) + "\n")
+    atomic_write_text(written["markdown"], render_markdown(report))
+    atomic_write_text(written["html"], render_html(report))
     return written
 
 

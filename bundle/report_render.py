@@ -703,7 +703,6 @@ def _roc_panel(
 def _save(fig: Any, path: Path) -> None:
     def write(tmp: str) -> None:
         fig.savefig(tmp, format="png", dpi=FIGURE_DPI, bbox_inches="tight")
-        os.chmod(tmp, 0o644)
 
     atomic_write(path, write, suffix=".png")
 
