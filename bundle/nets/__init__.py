@@ -25,7 +25,7 @@ from bundle.nets.inception import InceptionV3
 from bundle.nets.vgg import VGG16
 from bundle.networks import load_pretrained
 
-__all__ = ["NETWORKS", "VGG16", "InceptionV3", "NetworkSpec", "build_network"]
+__all__ = ["NETWORKS", "VGG16", "InceptionV3", "NetworkSpec", "build_network", "load_weights"]
 
 
 @dataclass(frozen=True)
@@ -118,10 +118,22 @@ def build_network(
         ValueError: unknown ``name`` (the message lists the valid ones).
         bundle.networks.PretrainedWeightsError: the weights file is missing, unreadable or of another architecture.
     """
+    return load_weights(_spec(name).build(in_channels, num_classes), name, pretrained_weights)
+
+
+def _spec(name: str) -> NetworkSpec:
     spec = NETWORKS.get(name)
     if spec is None:
         raise ValueError(f"unknown network {name!r}; valid names: {', '.join(sorted(NETWORKS))}")
-    network = spec.build(in_channels, num_classes)
+    return spec
+
+
+def load_weights(network: nn.Module, name: str, pretrained_weights: str | os.PathLike | None) -> nn.Module:
+    """Load a torchvision-format ImageNet ``state_dict`` into ``network`` built as :data:`NETWORKS` ``[name]``.
+
+    ``None``/``""`` returns ``network`` unchanged. Raises like :func:`build_network`.
+    """
+    spec = _spec(name)
     return load_pretrained(
         network, pretrained_weights, first_conv=spec.first_conv, head_prefixes=spec.head_prefixes, rename=spec.rename
     )
