@@ -1,0 +1,604 @@
+"""DICOM NM whole-body bone scans: view codes, which frame shows which view, and writing NM files and SEG masks.
+
+A whole-body bone scan has two planar views, acquired at once by the two detectors of a gamma camera:
+
+- the **anterior** view (``ANT``), seen from the front: the patient's right is on the image's left;
+- the **posterior** view (``POST``), seen from the back: the patient's left is on the image's left.
+
+The pipeline's layout (:func:`assemble_views`) puts them side by side in one (H, W) array, rows head → feet:
+anterior in the left half, posterior **mirrored** in the right half, so that the patient's right is on the image's
+left in both halves. :func:`split_views` undoes it.
+
+The view of each frame comes from the DICOM view information (:func:`frame_views`): ``DetectorVector`` maps
+frames to detectors, and each detector's ``ViewCodeSequence`` in ``DetectorInformationSequence`` holds a CID 26
+code (SCT 399321004 "Anterior projection", SCT 399001007 "Posterior projection"; the retired SRT codes and the code
+meaning text are matched too). For single-view files, ``ImageID``/``SeriesDescription``/``ImageComments``/
+``ProtocolName`` saying ``ANT`` or ``POST`` are accepted as a fallback. Frame order alone is never trusted.
+
+:func:`write_nm_whole_body` writes a proper NM Image Storage file (one frame per view) for tests and for the
+phantom; :func:`write_seg` writes a DICOM SEG lesion mask that references such a file's frames.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sr.coding import Code
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    UID,
+    ExplicitVRLittleEndian,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    generate_uid,
+)
+
+from bundle.io import atomic_write
+
+__all__ = [
+    "ANTERIOR_CODE",
+    "LOSSY_TRANSFER_SYNTAXES",
+    "NM_IMAGE_STORAGE",
+    "POSTERIOR_CODE",
+    "SEG_STORAGE",
+    "VIEWS",
+    "assemble_views",
+    "frame_views",
+    "is_lossy",
+    "orientation_flips",
+    "split_views",
+    "view_from_code",
+    "view_from_text",
+    "write_nm_whole_body",
+    "write_seg",
+]
+
+ANT, POST = "ANT", "POST"
+VIEWS = (ANT, POST)
+ANTERIOR_CODE = Code("399321004", "SCT", "Anterior projection")
+POSTERIOR_CODE = Code("399001007", "SCT", "Posterior projection")
+_VIEW_CODES = {ANT: ANTERIOR_CODE, POST: POSTERIOR_CODE}
+
+NM_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.20")
+SECONDARY_CAPTURE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.7")
+MULTIFRAME_WORD_SC_STORAGE = UID("1.2.840.10008.5.1.4.1.1.7.3")
+SEG_STORAGE = UID("1.2.840.10008.5.1.4.1.1.66.4")
+
+# transfer syntaxes whose pixel data may have lost information (JPEG 2000 "Image Compression" may be either)
+LOSSY_TRANSFER_SYNTAXES = frozenset(
+    {
+        "1.2.840.10008.1.2.4.50",  # JPEG Baseline
+        "1.2.840.10008.1.2.4.51",  # JPEG Extended
+        "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
+        "1.2.840.10008.1.2.4.91",  # JPEG 2000
+        "1.2.840.10008.1.2.4.93",  # JPEG 2000 Part 2 multi-component
+        "1.2.840.10008.1.2.4.203",  # HTJ2K
+        "1.2.840.10008.1.2.4.100",  # MPEG2 and later video syntaxes
+        "1.2.840.10008.1.2.4.102",
+        "1.2.840.10008.1.2.4.103",
+    }
+)
+_LOSSY_DERIVATION = Code("113040", "DCM", "Lossy Compression")
+_TEXT_VIEW_KEYWORDS = ("ImageID", "SeriesDescription", "ImageComments", "ProtocolName")
+_ANT_WORD = re.compile(r"(?<![A-Z])ANT(ERIOR)?(?![A-Z])", re.IGNORECASE)
+_POST_WORD = re.compile(r"(?<![A-Z])POST(ERIOR)?(?![A-Z])", re.IGNORECASE)
+
+
+# ---- views ------------------------------------------------------------------------------------------------------
+def view_from_code(item: Dataset) -> str | None:
+    """``ANT``/``POST`` for a code sequence item (SCT, retired SRT or code meaning text), else ``None``."""
+    value, scheme = str(item.get("CodeValue", "")), str(item.get("CodingSchemeDesignator", ""))
+    meaning = str(item.get("CodeMeaning", ""))
+    if value and scheme:
+        try:
+            code = Code(value, scheme, meaning or value)
+        except Exception:  # malformed code: fall back on its meaning
+            code = None
+        for view, known in _VIEW_CODES.items():
+            if code is not None and code == known:
+                return view
+    return view_from_text(meaning)
+
+
+def view_from_text(text: str) -> str | None:
+    """``ANT``/``POST`` when ``text`` names exactly one of the two views (``"WB ANT"``), else ``None``."""
+    ant, post = bool(_ANT_WORD.search(text or "")), bool(_POST_WORD.search(text or ""))
+    return ANT if ant and not post else POST if post and not ant else None
+
+
+def _number_of_frames(ds: Dataset) -> int:
+    try:
+        return max(1, int(ds.get("NumberOfFrames", 1) or 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        return [value]
+    return list(value)
+
+
+def frame_views(ds: Dataset) -> tuple[list[str | None], str]:
+    """The view (``ANT``/``POST``/``None``) of each frame of an NM dataset, and where it was read from.
+
+    Frames map to detectors through ``DetectorVector``; each detector's view is the ``ViewCodeSequence`` of its
+    ``DetectorInformationSequence`` item. Without ``DetectorVector``, item ``i`` is taken to describe frame ``i``
+    when there is one item per frame. A single-frame file without a code may name its view in ``ImageID``,
+    ``SeriesDescription``, ``ImageComments`` or ``ProtocolName``.
+
+    Returns:
+        (views per frame, a few words saying which DICOM attributes gave them).
+    """
+    n = _number_of_frames(ds)
+    items = list(ds.get("DetectorInformationSequence") or [])
+    detector_views = []
+    for item in items:
+        codes = list(item.get("ViewCodeSequence") or [])
+        detector_views.append(view_from_code(codes[0]) if codes else None)
+    detectors = [int(d) for d in _as_list(ds.get("DetectorVector"))]
+    source = "DetectorVector and the detectors' ViewCodeSequence"
+    if len(detectors) != n:
+        if len(items) != n:
+            detectors = []
+        else:
+            detectors = list(range(1, n + 1))
+            source = "DetectorInformationSequence items in frame order (no DetectorVector)"
+    views: list[str | None] = [detector_views[d - 1] if 1 <= d <= len(detector_views) else None for d in detectors] or [
+        None
+    ] * n
+    if n == 1 and views[0] is None:
+        top_codes = list(ds.get("ViewCodeSequence") or [])
+        if top_codes and view_from_code(top_codes[0]):
+            return [view_from_code(top_codes[0])], "ViewCodeSequence"
+        for keyword in _TEXT_VIEW_KEYWORDS:
+            view = view_from_text(str(ds.get(keyword, "") or ""))
+            if view:
+                return [view], f"{keyword} {str(ds.get(keyword))!r}"
+        source = "nothing (no view code, no ANT/POST in ImageID, SeriesDescription, ImageComments, ProtocolName)"
+    return views, source
+
+
+def orientation_flips(ds: Dataset, view: str) -> tuple[bool, bool]:
+    """(flip left-right, flip up-down) that bring a stored ``view`` frame to the pipeline's orientation.
+
+    The pipeline wants rows head → feet and the patient's right on the image's left (the anterior view as seen
+    from the front; the posterior view mirrored). ``PatientOrientation`` (row direction, column direction) is used
+    when present: a row direction toward the patient's right (``R``) is mirrored, a column direction toward the head
+    (``H``) is flipped upside down. In a multi-frame file one value cannot describe two views, so only its column
+    direction is used there. Without it, a posterior view is mirrored and an anterior view kept.
+    """
+    flip_lr = view == POST
+    flip_ud = False
+    orientation = [str(v).upper() for v in _as_list(ds.get("PatientOrientation"))]
+    if len(orientation) == 2:
+        row_dir, col_dir = orientation
+        if _number_of_frames(ds) == 1 and row_dir[:1] in ("L", "R"):
+            flip_lr = row_dir.startswith("R")
+        if col_dir[:1] in ("H", "F"):
+            flip_ud = col_dir.startswith("H")
+    return flip_lr, flip_ud
+
+
+def is_lossy(ds: Dataset) -> bool:
+    """True when the pixel data went through lossy compression (tag, transfer syntax or derivation code)."""
+    if str(ds.get("LossyImageCompression", "")).strip() == "01":
+        return True
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is not None and str(ts) in LOSSY_TRANSFER_SYNTAXES:
+        return True
+    for item in ds.get("DerivationCodeSequence") or []:
+        value, scheme = str(item.get("CodeValue", "")), str(item.get("CodingSchemeDesignator", ""))
+        if (value, scheme) == (_LOSSY_DERIVATION.value, _LOSSY_DERIVATION.scheme_designator):
+            return True
+        if "lossy" in str(item.get("CodeMeaning", "")).lower():
+            return True
+    return False
+
+
+# ---- layout -----------------------------------------------------------------------------------------------------
+def assemble_views(anterior: np.ndarray | None, posterior: np.ndarray | None) -> np.ndarray:
+    """Put the views side by side in the pipeline's layout.
+
+    Args:
+        anterior: anterior view (H, Wv) as seen from the front, or ``None`` (left half zero).
+        posterior: posterior view (H, Wv) as seen from the back (as acquired), or ``None`` (right half zero).
+
+    Returns:
+        (H, 2 Wv): anterior | mirrored posterior.
+    """
+    if anterior is None and posterior is None:
+        raise ValueError("assemble_views needs at least one view")
+    like = anterior if anterior is not None else posterior
+    ant = np.zeros_like(like) if anterior is None else anterior
+    post = np.zeros_like(like) if posterior is None else posterior[:, ::-1]
+    if ant.shape != post.shape:
+        raise ValueError(f"views differ in shape: anterior {ant.shape}, posterior {post.shape}")
+    return np.concatenate([ant, post], axis=1)
+
+
+def split_views(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`assemble_views`: (H, W) → (anterior (H, W/2), posterior as acquired (H, W/2))."""
+    if image.ndim != 2 or image.shape[1] % 2:
+        raise ValueError(f"expected an (H, W) image with even W, got shape {image.shape}")
+    half = image.shape[1] // 2
+    return image[:, :half], image[:, half:][:, ::-1]
+
+
+# ---- writing ----------------------------------------------------------------------------------------------------
+def _uid(seed: object | None, *parts: object) -> UID:
+    return generate_uid(entropy_srcs=[str(seed), *map(str, parts)]) if seed is not None else generate_uid()
+
+
+def _code_item(code: Code) -> Dataset:
+    item = Dataset()
+    item.CodeValue = code.value
+    item.CodingSchemeDesignator = code.scheme_designator
+    item.CodeMeaning = code.meaning
+    return item
+
+
+def _stored_values(frames: np.ndarray, signed: bool, rescale: tuple[float, float] | None):
+    """Stored integer frames and the (slope, intercept) that map them back to ``frames``."""
+    values = np.asarray(frames, dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        raise ValueError("pixel values must be finite to be stored as DICOM integers")
+    lo, hi = (-32768, 32767) if signed else (0, 65535)
+    if rescale is None:
+        integral = np.array_equal(values, np.round(values))
+        if integral and values.min(initial=0) >= lo and values.max(initial=0) <= hi:
+            rescale = (1.0, 0.0)
+        else:
+            rescale = (max(float(np.abs(values).max(initial=0)), 1e-12) / hi, 0.0)
+    slope, intercept = rescale
+    stored = np.round((values - intercept) / slope)
+    if stored.min(initial=0) < lo or stored.max(initial=0) > hi:
+        raise ValueError(f"pixel values do not fit {'int16' if signed else 'uint16'} with rescale {rescale}")
+    return stored.astype(np.int16 if signed else np.uint16), (slope, intercept)
+
+
+def _jpeg_lossless_frame(frame: np.ndarray) -> bytes:
+    """One 16-bit frame as a JPEG Lossless (process 14, first-order prediction) code stream."""
+    x = frame.astype(np.uint16).astype(np.int64)
+    rows, cols = x.shape
+    pred = np.empty_like(x)
+    pred[0, 0] = 1 << 15
+    pred[0, 1:] = x[0, :-1]
+    pred[1:, 0] = x[:-1, 0]
+    pred[1:, 1:] = x[1:, :-1]
+    diff = ((x - pred + 32768) % 65536 - 32768).ravel()
+    magnitude = np.abs(diff)
+    ssss = np.zeros(diff.shape, dtype=np.int64)
+    nz = magnitude > 0
+    ssss[nz] = np.floor(np.log2(magnitude[nz])).astype(np.int64) + 1
+    extra_len = np.where(ssss == 16, 0, ssss)
+    extra = np.where(diff >= 0, diff, diff + (1 << extra_len) - 1) & ((1 << extra_len) - 1)
+    # Huffman table: the 17 categories get the 5-bit codes 0..16 (never all ones)
+    value = (ssss << extra_len) | extra
+    length = 5 + extra_len
+    width = 21
+    bits = ((value[:, None] >> np.arange(width - 1, -1, -1)) & 1).astype(np.uint8)
+    keep = np.arange(width)[None, :] >= (width - length)[:, None]
+    stream = bits[keep]
+    stream = np.concatenate([stream, np.ones((-len(stream)) % 8, dtype=np.uint8)])
+    data = np.packbits(stream)
+    data = np.insert(data, np.flatnonzero(data == 0xFF) + 1, 0)  # byte stuffing
+
+    def segment(marker: int, payload: bytes) -> bytes:
+        return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload
+
+    sof = bytes([16]) + rows.to_bytes(2, "big") + cols.to_bytes(2, "big") + bytes([1, 1, 0x11, 0])
+    dht = bytes([0x00]) + bytes([0, 0, 0, 0, 17] + [0] * 11) + bytes(range(17))
+    sos = bytes([1, 1, 0x00, 1, 0, 0])
+    return b"\xff\xd8" + segment(0xC3, sof) + segment(0xC4, dht) + segment(0xDA, sos) + data.tobytes() + b"\xff\xd9"
+
+
+def _set_pixel_data(ds: Dataset, stored: np.ndarray, transfer_syntax: UID, lossy_error: int | None) -> None:
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.PixelData = stored.tobytes()
+    if transfer_syntax == ExplicitVRLittleEndian:
+        return
+    if transfer_syntax in (JPEGLossless, JPEGLosslessSV1):
+        # pydicom has no JPEG Lossless encoder: a small first-order-prediction one (decoded by pylibjpeg-libjpeg)
+        from pydicom.encaps import encapsulate
+
+        frames = stored.reshape(-1, *stored.shape[-2:])
+        ds.PixelData = encapsulate([_jpeg_lossless_frame(f) for f in frames])
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+        ds.file_meta.TransferSyntaxUID = transfer_syntax
+        return
+    kwargs: dict[str, object] = {}
+    if transfer_syntax == "1.2.840.10008.1.2.4.81":
+        kwargs["jls_error"] = lossy_error or 2
+    elif transfer_syntax == "1.2.840.10008.1.2.4.91":
+        kwargs["j2k_cr"] = [lossy_error or 20]
+    ds.compress(transfer_syntax, stored, generate_instance_uid=False, **kwargs)
+
+
+def write_nm_whole_body(
+    path: str | os.PathLike,
+    anterior: np.ndarray | None,
+    posterior: np.ndarray | None,
+    patient_id: str,
+    *,
+    patient_name: str | None = None,
+    pixel_spacing: tuple[float, float] = (2.4, 2.4),
+    seed: object | None = None,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    sop_uid: str | None = None,
+    study_date: str = "20210101",
+    series_description: str = "WB BONE",
+    frame_order: Sequence[str] = (ANT, POST),
+    view_codes: bool = True,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    lossy_error: int | None = None,
+    signed: bool = False,
+    rescale: tuple[float, float] | None = None,
+    modality: str = "NM",
+    sop_class: str = NM_IMAGE_STORAGE,
+    image_type: Sequence[str] = ("ORIGINAL", "PRIMARY", "WHOLE BODY", "EMISSION"),
+    edit: Callable[[Dataset], None] | None = None,
+) -> Path:
+    """Write a whole-body bone scan as one DICOM NM Image Storage file (one frame per given view), atomically.
+
+    Each view becomes one frame acquired by its own detector: ``DetectorVector`` maps frames to detectors and
+    ``DetectorInformationSequence`` gives each detector's ``ViewCodeSequence`` (SCT 399321004 Anterior projection,
+    SCT 399001007 Posterior projection); ``FrameIncrementPointer`` lists the energy window and detector vectors.
+    Give one view only (the other ``None``) for a single-view file (then ``PatientOrientation`` is written too).
+
+    Args:
+        path: output file.
+        anterior: anterior view (H, Wv) as seen from the front (patient's right on image left), counts >= 0.
+        posterior: posterior view (H, Wv) as acquired, seen from the back (patient's left on image left).
+            :func:`split_views` turns the pipeline's (H, 2 Wv) layout into these two arrays.
+        patient_id: ``PatientID``.
+        patient_name: ``PatientName``; defaults to ``patient_id``.
+        pixel_spacing: (row, column) spacing in mm.
+        seed: makes the study/series/SOP instance UIDs deterministic (derived from seed and patient id);
+            ``None`` draws random ones. Explicit ``study_uid``/``series_uid``/``sop_uid`` win.
+        study_date: ``StudyDate`` (YYYYMMDD).
+        series_description: ``SeriesDescription``.
+        frame_order: order of the views' frames in the file, e.g. ``("POST", "ANT")``.
+        view_codes: write the ``ViewCodeSequence``s (``False`` writes files that readers cannot resolve).
+        transfer_syntax: Explicit VR Little Endian (default), JPEG Lossless (SV1), JPEG-LS (lossless or
+            near-lossless), JPEG 2000 (lossless or lossy) or RLE Lossless UID.
+        lossy_error: JPEG-LS near-lossless error bound, or JPEG 2000 compression ratio, for the lossy syntaxes.
+        signed: store int16 (``PixelRepresentation`` 1) instead of uint16.
+        rescale: (slope, intercept) to store; ``None``: 1/0 for integer counts that fit, else a slope that fits.
+        modality: ``Modality`` (tests write ``CT``/``OT`` files with it).
+        sop_class: SOP Class UID (tests write Secondary Capture NM files with it).
+        image_type: ``ImageType`` values.
+        edit: called with the dataset before it is written (tests use it to break files in specific ways).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    given = {ANT: anterior, POST: posterior}
+    views = [v for v in frame_order if given.get(v) is not None]
+    if not views:
+        raise ValueError("write_nm_whole_body needs the anterior or the posterior view")
+    if sorted(frame_order) != sorted(VIEWS):
+        raise ValueError(f"frame_order must order 'ANT' and 'POST', got {tuple(frame_order)}")
+    frames = np.stack([np.asarray(given[v], dtype=np.float64) for v in views])
+    stored, (slope, intercept) = _stored_values(frames, signed, rescale)
+    transfer_syntax = UID(transfer_syntax)
+    sop_uid = sop_uid or _uid(seed, "sop", patient_id, *views)
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = UID(sop_class)
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyInstanceUID = study_uid or _uid(seed, "study", patient_id)
+    ds.SeriesInstanceUID = series_uid or _uid(seed, "series", patient_id)
+    ds.Modality = modality
+    ds.ImageType = list(image_type)
+    ds.PatientID = str(patient_id)
+    ds.PatientName = patient_name or str(patient_id)
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = study_date
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = "090000"
+    ds.AccessionNumber = ""
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = "1"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.Manufacturer = "bone-scan-lesion-classifier"
+    ds.SeriesDescription = series_description
+    ds.Radiopharmaceutical = "Tc-99m MDP"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = int(stored.shape[1]), int(stored.shape[2])
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = int(signed)
+    ds.PixelSpacing = [float(pixel_spacing[0]), float(pixel_spacing[1])]
+    if (slope, intercept) != (1.0, 0.0):
+        ds.RescaleSlope = f"{slope:.10g}"
+        ds.RescaleIntercept = f"{intercept:.10g}"
+    ds.NumberOfFrames = len(views)
+    ds.FrameIncrementPointer = [0x00540010, 0x00540020]  # EnergyWindowVector, DetectorVector
+    ds.EnergyWindowVector = [1] * len(views)
+    ds.NumberOfEnergyWindows = 1
+    window = Dataset()
+    window_range = Dataset()
+    window_range.EnergyWindowLowerLimit = "126"
+    window_range.EnergyWindowUpperLimit = "154"
+    window.EnergyWindowRangeSequence = [window_range]
+    window.EnergyWindowName = "TC99M"
+    ds.EnergyWindowInformationSequence = [window]
+    # detector k (1-based) acquired VIEWS[k-1]: frames may come in any order, DetectorVector says which is which
+    ds.NumberOfDetectors = len(views)
+    detector_of = {v: i + 1 for i, v in enumerate(v for v in VIEWS if v in views)}
+    ds.DetectorVector = [detector_of[v] for v in views]
+    items = []
+    for v in (v for v in VIEWS if v in views):
+        item = Dataset()
+        if view_codes:
+            item.ViewCodeSequence = [_code_item(_VIEW_CODES[v])]
+        items.append(item)
+    ds.DetectorInformationSequence = items
+    if len(views) == 1:
+        ds.PatientOrientation = ["L", "F"] if views[0] == ANT else ["R", "F"]
+    if transfer_syntax in LOSSY_TRANSFER_SYNTAXES:
+        ds.LossyImageCompression = "01"
+    _set_pixel_data(ds, stored[0] if len(views) == 1 else stored, transfer_syntax, lossy_error)
+    if edit is not None:
+        edit(ds)
+
+    path = Path(path)
+    atomic_write(path, lambda tmp: ds.save_as(tmp, enforce_file_format=True), suffix=".dcm")
+    return path
+
+
+def write_seg(
+    path: str | os.PathLike,
+    source: str | os.PathLike | Sequence[str | os.PathLike],
+    masks: Mapping[int, np.ndarray],
+    *,
+    labels: Mapping[int, str] | None = None,
+    seed: object | None = None,
+) -> Path:
+    """Write lesion masks drawn on the pipeline's layout as a DICOM SEG referencing the scan's frames, atomically.
+
+    Each mask is split back into the source's views and frames (undoing the mirroring), so the SEG's frames lie on
+    the stored frames of the NM file(s) they reference (``DerivationImageSequence`` → SOP instance and frame).
+
+    Args:
+        path: output file.
+        source: the scan: one NM file, or the two single-view files.
+        masks: segment number (1, 2, ...) → binary mask of shape (H, W) in the pipeline's layout.
+        labels: segment number → label (default ``lesion N``).
+        seed: makes the SEG's UIDs deterministic.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    sources = [source] if isinstance(source, str | os.PathLike) else list(source)
+    datasets = [pydicom.dcmread(p, stop_before_pixels=True) for p in sources]
+    placements = []  # (dataset, frame number, view, flip_lr, flip_ud)
+    for ds in datasets:
+        views, _ = frame_views(ds)
+        for k, view in enumerate(views):
+            if view is None:
+                raise ValueError(f"{ds.filename}: frame {k + 1} has no identifiable view")
+            placements.append((ds, k + 1, view, *orientation_flips(ds, view)))
+    first = datasets[0]
+    rows, cols = int(first.Rows), int(first.Columns)
+    frames, per_frame = [], []
+    for number in sorted(masks):
+        mask = np.asarray(masks[number]) > 0
+        if mask.shape != (rows, 2 * cols):
+            raise ValueError(f"mask {number} has shape {mask.shape}; expected {(rows, 2 * cols)}")
+        for ds, frame_number, view, flip_lr, flip_ud in placements:
+            half = mask[:, :cols] if view == ANT else mask[:, cols:]
+            frame = half[:, ::-1] if flip_lr else half  # stored orientation = inverse of the reading flips
+            frames.append(frame[::-1] if flip_ud else frame)
+            group = Dataset()
+            source_item = Dataset()
+            source_item.ReferencedSOPClassUID = ds.SOPClassUID
+            source_item.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+            source_item.ReferencedFrameNumber = frame_number
+            source_item.PurposeOfReferenceCodeSequence = [_code_item(Code("121322", "DCM", "Source of Segmentation"))]
+            derivation = Dataset()
+            derivation.SourceImageSequence = [source_item]
+            derivation.DerivationCodeSequence = [_code_item(Code("113076", "DCM", "Segmentation"))]
+            group.DerivationImageSequence = [derivation]
+            identification = Dataset()
+            identification.ReferencedSegmentNumber = number
+            group.SegmentIdentificationSequence = [identification]
+            per_frame.append(group)
+
+    sop_uid = _uid(seed, "seg", first.SOPInstanceUID)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SEG_STORAGE
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    seg = Dataset()
+    seg.file_meta = meta
+    seg.SOPClassUID = SEG_STORAGE
+    seg.SOPInstanceUID = sop_uid
+    for keyword in (
+        "PatientID",
+        "PatientName",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyInstanceUID",
+        "StudyDate",
+        "StudyTime",
+        "StudyID",
+        "AccessionNumber",
+        "ReferringPhysicianName",
+    ):
+        setattr(seg, keyword, first.get(keyword, ""))
+    seg.SeriesInstanceUID = _uid(seed, "seg-series", first.SOPInstanceUID)
+    seg.SeriesNumber = 100
+    seg.InstanceNumber = 1
+    seg.Modality = "SEG"
+    seg.Manufacturer = "bone-scan-lesion-classifier"
+    now = datetime.datetime(2021, 1, 1, 9, 0, 0)
+    seg.ContentDate, seg.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    seg.ContentLabel = "LESIONS"
+    seg.ImageType = ["DERIVED", "PRIMARY"]
+    seg.SegmentationType = "BINARY"
+    seg.SamplesPerPixel = 1
+    seg.PhotometricInterpretation = "MONOCHROME2"
+    seg.Rows, seg.Columns = rows, cols
+    seg.BitsAllocated = seg.BitsStored = 1
+    seg.HighBit = 0
+    seg.PixelRepresentation = 0
+    seg.LossyImageCompression = "00"
+    seg.NumberOfFrames = len(frames)
+    segments = []
+    for number in sorted(masks):
+        item = Dataset()
+        item.SegmentNumber = number
+        item.SegmentLabel = (labels or {}).get(number, f"lesion {number}")
+        item.SegmentAlgorithmType = "MANUAL"
+        item.SegmentedPropertyCategoryCodeSequence = [
+            _code_item(Code("49755003", "SCT", "Morphologically Abnormal Structure"))
+        ]
+        item.SegmentedPropertyTypeCodeSequence = [_code_item(Code("108369006", "SCT", "Neoplasm"))]
+        segments.append(item)
+    seg.SegmentSequence = segments
+    shared = Dataset()
+    measures = Dataset()
+    measures.PixelSpacing = list(first.get("PixelSpacing", [1.0, 1.0]))
+    measures.SliceThickness = "1"
+    shared.PixelMeasuresSequence = [measures]
+    seg.SharedFunctionalGroupsSequence = [shared]
+    seg.PerFrameFunctionalGroupsSequence = per_frame
+    referenced = Dataset()
+    referenced.SeriesInstanceUID = first.SeriesInstanceUID
+    instances = []
+    for ds in datasets:
+        instance = Dataset()
+        instance.ReferencedSOPClassUID = ds.SOPClassUID
+        instance.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+        instances.append(instance)
+    referenced.ReferencedInstanceSequence = instances
+    seg.ReferencedSeriesSequence = [referenced]
+    bits = np.stack(frames).astype(np.uint8).ravel()
+    packed = np.packbits(bits.reshape(-1), bitorder="little")  # DICOM packs 1-bit pixels LSB first
+    seg.PixelData = packed.tobytes() + (b"\x00" if len(packed) % 2 else b"")
+
+    path = Path(path)
+    atomic_write(path, lambda tmp: seg.save_as(tmp, enforce_file_format=True), suffix=".dcm")
+    return path
