@@ -67,6 +67,7 @@ LIMB_CAPSULES = (
     ("leg", (100, 1680), (102, 1752), 38, 34, 70, 60),
 )
 HEAD_ELLIPSE = ((0.0, 112.0), (80.0, 112.0), 190.0)  # centre, semi-axes, thickness
+JAW_CAPSULE = ((0.0, 150.0), (0.0, 200.0), 70.0, 42.0, 150.0, 120.0)  # start, end, radii, thicknesses
 # Soft-tissue activity per mm relative to the trunk (blood pool and viscera vs. muscle and fat of the limbs).
 SOFT_TISSUE_ACTIVITY = {"trunk": 1.0, "head": 0.75, "upper_arm": 0.6, "forearm": 0.55, "leg": 0.5}
 
@@ -700,6 +701,11 @@ def render_soft_tissue(geometry: BodyGeometry, shape: tuple[int, int]) -> np.nda
         rho2 = ((xr - cx) / a) ** 2 + ((yr - cy) / b) ** 2
         chord = t_head * radial_scale * np.sqrt(np.clip(1 - rho2, 0, None))
         np.maximum(out[where], SOFT_TISSUE_ACTIVITY["head"] * _effective_thickness(chord), out=out[where])
+
+    (j0, j1, jr0, jr1, jt0, jt1) = JAW_CAPSULE
+    jaw = (head @ np.array([*j0, 1.0]))[:2], (head @ np.array([*j1, 1.0]))[:2]
+    radii, thickness = (jr0 * radial_scale, jr1 * radial_scale), (jt0 * radial_scale, jt1 * radial_scale)
+    _capsule_max(out, *jaw, radii, thickness, SOFT_TISSUE_ACTIVITY["head"], px)
 
     # limbs: tapered capsules
     for side, s in SIDES.items():

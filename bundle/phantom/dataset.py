@@ -220,7 +220,7 @@ def generate_dataset(
                 "height": config.height,
                 "width": config.width,
                 "format": fmt,
-                "config": asdict(config),
+                "config": json.loads(json.dumps(asdict(config))),
             },
             "num_folds": num_folds,
             "best_possible_auc": statistics["best_possible_auc"],

@@ -79,7 +79,7 @@ MET_SITES = {
 
 # logit(p_malignant) at difficulty 1 = sum of these terms (see docs/phantom.md).
 LOGIT_COEFFICIENTS: dict[str, float | dict[str, float]] = {
-    "intercept": -1.0,
+    "intercept": -0.95,
     "site": {
         "spine": 0.77,
         "rib": 0.17,
@@ -111,6 +111,7 @@ INTENSITY_REFERENCE = 2.5
 SIZE_REFERENCE_MM = 20.0
 LESIONS_REFERENCE = 3.0
 NEIGHBOUR_RADIUS_MM = 70.0
+MIN_GAP_MM = 3.0  # between the outlines of two lesions
 SYMMETRY_TOLERANCE_MM = 20.0
 RIB_LINE_TOLERANCE_MM = 20.0
 
@@ -163,6 +164,11 @@ class Lesion:
     @property
     def axial(self) -> bool:
         return self.site in AXIAL_SITES
+
+    @property
+    def reach_mm(self) -> float:
+        """Largest distance of the outline from the centre (elongation and irregular lobes included)."""
+        return self.size_mm / 2 * math.sqrt(self.aspect) * (1 + 0.45 * self.irregularity)
 
 
 def bone_site(name: str) -> str:
@@ -341,17 +347,16 @@ class _Scene:
             for old in others:
                 if new.whole_bone or old.whole_bone:
                     continue
-                gap = math.dist(new.centre, old.centre) - (new.size_mm + old.size_mm) / 2
-                if gap < 4.0:
+                if math.dist(new.centre, old.centre) - new.reach_mm - old.reach_mm < MIN_GAP_MM:
                     return False
             if not new.whole_bone and len(self.blocked_points):
                 d = np.hypot(*(self.blocked_points - np.asarray(new.centre, np.float32)).T)
-                if d.min() < new.size_mm / 2 + 4.0:
+                if d.min() < new.reach_mm + MIN_GAP_MM:
                     return False
             if new.whole_bone:
                 pts = self.template.points[self.template.points_of(new.whole_bone)]
                 for old in others:
-                    if np.hypot(*(pts - np.asarray(old.centre, np.float32)).T).min() < old.size_mm / 2 + 4.0:
+                    if np.hypot(*(pts - np.asarray(old.centre, np.float32)).T).min() < old.reach_mm + MIN_GAP_MM:
                         return False
         return True
 

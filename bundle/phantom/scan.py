@@ -141,8 +141,12 @@ def generate_patient(
     body = renderer.soft > 0
     masks = np.zeros((len(lesions), h, 2 * wv), np.uint8)
     records = []
+    claimed = np.zeros((h, wv), bool)  # a pixel belongs to one lesion (the first drawn)
     for k, (les, fp) in enumerate(zip(lesions, footprints, strict=True)):
         fp &= body
+        if (fp & ~claimed).any():
+            fp &= ~claimed
+        claimed |= fp
         masks[k, :, :wv] = fp
         masks[k, :, wv:] = fp
         records.append(_lesion_record(les, fp, f"{patient_id}_L{k + 1:02d}", renderer.size_scale))
@@ -167,6 +171,37 @@ def generate_patient(
         info=info,
     )
     return scan, masks, records
+
+
+def camera_blur(activity: np.ndarray, config: PhantomConfig, bounds: np.ndarray | None = None) -> np.ndarray:
+    """Gamma-camera resolution: a Gaussian of ``config.blur_fwhm_mm`` FWHM over each view.
+
+    Args:
+        activity: shape (C, H, W/2), one channel per view.
+        config: gives the FWHM and the pixel size.
+        bounds: optional (H, W/2) array whose non-zero pixels bound the activity (the body); the filter then runs
+            only over their bounding box plus the kernel's reach, which gives the same result faster.
+
+    Returns:
+        float32 array of the same shape as ``activity``.
+    """
+    sigma_mm = config.blur_fwhm_mm / (2 * math.sqrt(2 * math.log(2)))
+    px = config.pixel_mm
+    sigma = (sigma_mm / px[0], sigma_mm / px[1])
+    truncate = 3.5
+    box: tuple[slice, slice] = (slice(None), slice(None))
+    if bounds is not None and bounds.any():
+        rows, cols = np.flatnonzero(bounds.any(axis=1)), np.flatnonzero(bounds.any(axis=0))
+        reach_r, reach_c = int(truncate * sigma[0]) + 8, int(truncate * sigma[1]) + 8
+        box = (
+            slice(max(rows[0] - reach_r, 0), rows[-1] + reach_r + 1),
+            slice(max(cols[0] - reach_c, 0), cols[-1] + reach_c + 1),
+        )
+    blurred = np.zeros(activity.shape, np.float32)
+    blurred[:, box[0], box[1]] = ndimage.gaussian_filter(
+        activity[:, box[0], box[1]].astype(np.float32, copy=False), (0, *sigma), truncate=truncate, mode="constant"
+    )
+    return blurred
 
 
 def patient_rng(seed: int, index: int) -> np.random.Generator:
@@ -276,21 +311,7 @@ class _Renderer:
         self.bladder_region = self._bladder_region(weights[0], activity[0])
         injection = self._hot_spots(activity)
 
-        # camera blur, computed only over the body's bounding box plus the kernel's reach
-        sigma_mm = self.config.blur_fwhm_mm / (2 * math.sqrt(2 * math.log(2)))
-        sigma = (sigma_mm / px[0], sigma_mm / px[1])
-        truncate = 3.5
-        rows = np.flatnonzero(self.soft.any(axis=1))
-        cols = np.flatnonzero(self.soft.any(axis=0))
-        margin_r, margin_c = int(truncate * sigma[0]) + 8, int(truncate * sigma[1]) + 8
-        box = (
-            slice(max(rows[0] - margin_r, 0), min(rows[-1] + margin_r + 1, shape[0])),
-            slice(max(cols[0] - margin_c, 0), min(cols[-1] + margin_c + 1, shape[1])),
-        )
-        blurred = np.zeros_like(activity)
-        blurred[:, box[0], box[1]] = ndimage.gaussian_filter(
-            activity[:, box[0], box[1]], (0, *sigma), truncate=truncate, mode="constant"
-        )
+        blurred = camera_blur(activity, self.config, bounds=self.soft)
         np.maximum(blurred, 0, out=blurred)
         lo, hi = self.config.counts_per_view
         total_ant = float(np.exp(rng.uniform(math.log(lo), math.log(hi))))
