@@ -26,6 +26,7 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -52,11 +53,14 @@ __all__ = [
     "assemble_views",
     "frame_views",
     "is_lossy",
+    "nm_dataset",
     "orientation_flips",
     "split_views",
     "view_from_code",
     "view_from_text",
     "write_nm_whole_body",
+    "write_phantom_image",
+    "write_phantom_mask",
     "write_seg",
 ]
 
@@ -325,8 +329,7 @@ def _set_pixel_data(ds: Dataset, stored: np.ndarray, transfer_syntax: UID, lossy
     ds.compress(transfer_syntax, stored, generate_instance_uid=False, **kwargs)
 
 
-def write_nm_whole_body(
-    path: str | os.PathLike,
+def nm_dataset(
     anterior: np.ndarray | None,
     posterior: np.ndarray | None,
     patient_id: str,
@@ -350,7 +353,7 @@ def write_nm_whole_body(
     image_type: Sequence[str] = ("ORIGINAL", "PRIMARY", "WHOLE BODY", "EMISSION"),
     edit: Callable[[Dataset], None] | None = None,
 ) -> Path:
-    """Write a whole-body bone scan as one DICOM NM Image Storage file (one frame per given view), atomically.
+    """A whole-body bone scan as one DICOM NM Image Storage dataset (one frame per given view).
 
     Each view becomes one frame acquired by its own detector: ``DetectorVector`` maps frames to detectors and
     ``DetectorInformationSequence`` gives each detector's ``ViewCodeSequence`` (SCT 399321004 Anterior projection,
@@ -358,7 +361,6 @@ def write_nm_whole_body(
     Give one view only (the other ``None``) for a single-view file (then ``PatientOrientation`` is written too).
 
     Args:
-        path: output file.
         anterior: anterior view (H, Wv) as seen from the front (patient's right on image left), counts >= 0.
         posterior: posterior view (H, Wv) as acquired, seen from the back (patient's left on image left).
             :func:`split_views` turns the pipeline's (H, 2 Wv) layout into these two arrays.
@@ -379,10 +381,10 @@ def write_nm_whole_body(
         modality: ``Modality`` (tests write ``CT``/``OT`` files with it).
         sop_class: SOP Class UID (tests write Secondary Capture NM files with it).
         image_type: ``ImageType`` values.
-        edit: called with the dataset before it is written (tests use it to break files in specific ways).
+        edit: called with the finished dataset (tests use it to break files in specific ways).
 
     Returns:
-        ``path`` as a :class:`~pathlib.Path`.
+        the dataset, with ``file_meta``, ready for ``save_as(..., enforce_file_format=True)``.
     """
     given = {ANT: anterior, POST: posterior}
     views = [v for v in frame_order if given.get(v) is not None]
@@ -461,7 +463,29 @@ def write_nm_whole_body(
     _set_pixel_data(ds, stored[0] if len(views) == 1 else stored, transfer_syntax, lossy_error)
     if edit is not None:
         edit(ds)
+    return ds
 
+
+def write_nm_whole_body(
+    path: str | os.PathLike,
+    anterior: np.ndarray | None,
+    posterior: np.ndarray | None,
+    patient_id: str,
+    **kwargs: Any,
+) -> Path:
+    """Write a whole-body bone scan as one DICOM NM Image Storage file (one frame per given view), atomically.
+
+    Args:
+        path: output file.
+        anterior: anterior view (H, Wv) as seen from the front (patient's right on image left), or ``None``.
+        posterior: posterior view (H, Wv) as acquired, seen from the back, or ``None``.
+        patient_id: ``PatientID``.
+        kwargs: the keyword arguments of :func:`nm_dataset` (``seed``, ``frame_order``, ``transfer_syntax``, ...).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    ds = nm_dataset(anterior, posterior, patient_id, **kwargs)
     path = Path(path)
     atomic_write(path, lambda tmp: ds.save_as(tmp, enforce_file_format=True), suffix=".dcm")
     return path
@@ -469,7 +493,7 @@ def write_nm_whole_body(
 
 def write_seg(
     path: str | os.PathLike,
-    source: str | os.PathLike | Sequence[str | os.PathLike],
+    source: str | os.PathLike | Dataset | Sequence[str | os.PathLike | Dataset],
     masks: Mapping[int, np.ndarray],
     *,
     labels: Mapping[int, str] | None = None,
@@ -482,7 +506,7 @@ def write_seg(
 
     Args:
         path: output file.
-        source: the scan: one NM file, or the two single-view files.
+        source: the scan: one NM file, or the two single-view files (paths, or their datasets).
         masks: segment number (1, 2, ...) → binary mask of shape (H, W) in the pipeline's layout.
         labels: segment number → label (default ``lesion N``).
         seed: makes the SEG's UIDs deterministic.
@@ -490,14 +514,14 @@ def write_seg(
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     """
-    sources = [source] if isinstance(source, str | os.PathLike) else list(source)
-    datasets = [pydicom.dcmread(p, stop_before_pixels=True) for p in sources]
+    sources = [source] if isinstance(source, str | os.PathLike | Dataset) else list(source)
+    datasets = [s if isinstance(s, Dataset) else pydicom.dcmread(s, stop_before_pixels=True) for s in sources]
     placements = []  # (dataset, frame number, view, flip_lr, flip_ud)
     for ds in datasets:
         views, _ = frame_views(ds)
         for k, view in enumerate(views):
             if view is None:
-                raise ValueError(f"{ds.filename}: frame {k + 1} has no identifiable view")
+                raise ValueError(f"{ds.get('filename', 'source')}: frame {k + 1} has no identifiable view")
             placements.append((ds, k + 1, view, *orientation_flips(ds, view)))
     first = datasets[0]
     rows, cols = int(first.Rows), int(first.Columns)
@@ -602,3 +626,27 @@ def write_seg(
     path = Path(path)
     atomic_write(path, lambda tmp: seg.save_as(tmp, enforce_file_format=True), suffix=".dcm")
     return path
+
+
+# ---- the phantom's DICOM format ---------------------------------------------------------------------------------
+def _phantom_nm(scan: Any) -> Dataset:
+    """The NM dataset of a phantom scan (``bundle.phantom.scan.PhantomScan``); UIDs derive from its content."""
+    seed = ("bone-scan-phantom", int(np.asarray(scan.anterior).sum()), int(np.asarray(scan.posterior).sum()))
+    spacing = (scan.info or {}).get("pixel_mm")
+    if spacing is None:  # the phantom's field of view: REFERENCE_PIXEL_MM at 1024 rows x 256 columns per view
+        from bundle.phantom.scan import REFERENCE_PIXEL_MM
+
+        rows, cols = np.shape(scan.anterior)
+        spacing = (REFERENCE_PIXEL_MM * 1024 / rows, REFERENCE_PIXEL_MM * 256 / cols)
+    return nm_dataset(scan.anterior, scan.posterior, scan.patient_id, seed=seed, pixel_spacing=tuple(spacing))
+
+
+def write_phantom_image(path: Path, scan: Any) -> None:
+    """Phantom ``dicom`` format, scans: a 2-frame NM whole-body file (ANT, POST frames with view codes)."""
+    ds = _phantom_nm(scan)
+    atomic_write(path, lambda tmp: ds.save_as(tmp, enforce_file_format=True), suffix=".dcm")
+
+
+def write_phantom_mask(path: Path, mask: np.ndarray, scan: Any) -> None:
+    """Phantom ``dicom`` format, lesion masks: a 1-segment DICOM SEG on the scan's frames (mask (H, W) layout)."""
+    write_seg(path, _phantom_nm(scan), {1: mask}, seed=("bone-scan-phantom", str(path.name)))

@@ -78,6 +78,7 @@ __all__ = [
     "UnsupportedFormatError",
     "ViewError",
     "WholeBodyScanReader",
+    "check_counts",
     "split_selector",
 ]
 
@@ -100,14 +101,14 @@ class DataError(ValueError):
     """One problem with one input; the message names the file (or datalist entry) and says how to fix it.
 
     Args:
-        path: the file or entry the problem is about.
+        path: the file or entry the problem is about (empty for a problem of the datalist as a whole).
         problem: what is wrong.
         fix: what to do about it.
     """
 
-    def __init__(self, path: str | os.PathLike, problem: str, fix: str = ""):
-        self.path, self.problem, self.fix = str(path), problem, fix
-        super().__init__(f"{self.path}: {problem}" + (f". Fix: {fix}" if fix else ""))
+    def __init__(self, path: str | os.PathLike | None, problem: str, fix: str = ""):
+        self.path, self.problem, self.fix = str(path or ""), problem, fix
+        super().__init__((f"{self.path}: " if self.path else "") + problem + (f". Fix: {fix}" if fix else ""))
 
 
 class MissingFileError(DataError):
@@ -223,7 +224,7 @@ def _meta(array: np.ndarray, affine: np.ndarray | None = None, **extra: Any) -> 
     }
 
 
-def _check_counts(values: np.ndarray, path: str, lossy: bool, what: str = "counts") -> np.ndarray:
+def check_counts(values: np.ndarray, path: str, lossy: bool, what: str = "counts") -> np.ndarray:
     """NaN/Inf → error; negatives → clipped with a warning when lossy, else an error."""
     if not np.all(np.isfinite(values)):
         n = int(values.size - np.count_nonzero(np.isfinite(values)))
@@ -442,7 +443,7 @@ class WholeBodyScanReader(ImageReader):
         slope = float(ds.get("RescaleSlope", 1) or 1)
         intercept = float(ds.get("RescaleIntercept", 0) or 0)
         values = pixels.astype(np.float64) * slope + intercept
-        return _check_counts(values, path, is_lossy(ds)).astype(np.float32)
+        return check_counts(values, path, is_lossy(ds)).astype(np.float32)
 
     def _read_nm(self, paths: list[str], parsed: dict[str, Dataset] | None = None) -> tuple[np.ndarray, dict]:
         parsed = parsed or {}
