@@ -1,0 +1,389 @@
+"""Inference on new scans: lesion items from a datalist or a folder, tolerant loading, per-lesion/per-scan results.
+
+``configs/inference.yaml`` wires these parts around MONAI's ``SupervisedEvaluator``:
+
+- :func:`inference_items` turns a datalist (``image`` + ``mask`` per lesion; labels and folds not needed) or a
+  folder of scans with their lesion masks into one item per lesion.
+- :func:`without_keys` drops the label transforms from train.yaml's deterministic preprocessing (no labels here),
+  so inference preprocesses exactly as training/evaluation did.
+- :class:`TolerantDataset` catches a failing item (a corrupt scan, a missing mask), records which file failed and
+  why, and returns a placeholder so that the other lesions of the batch are still classified.
+- :class:`LesionResultWriter` writes ``lesions.csv`` (one row per lesion), ``scans.csv`` (one row per scan: number
+  of lesions, highest probability, patient-level call), ``failed.csv`` and ``predictions.json`` (all three),
+  each atomically; :func:`exit_on_failures` then ends the run with exit status 1 if any item failed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from monai.data import Dataset
+from monai.transforms import MapTransform
+from monai.utils import ensure_tuple
+
+from bundle.io import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+ERROR_KEY = "error"
+FAILED_FILE_KEY = "failed_file"
+# the item keys that travel with each lesion to the writer (besides the image)
+META_KEYS = ("scan", "mask_file", "patient_id", "lesion_id")
+CLASS_NAMES = ("benign", "malignant")
+LESION_COLUMNS = (
+    "scan",
+    "mask_file",
+    "patient_id",
+    "lesion_id",
+    "probability",
+    "prediction",
+    "predicted_class",
+    "model_version",
+)
+SCAN_COLUMNS = (
+    "scan",
+    "patient_id",
+    "lesions",
+    "malignant_lesions",
+    "max_probability",
+    "top_lesion_id",
+    "patient_call",
+    "model_version",
+)
+FAILED_COLUMNS = ("scan", "mask_file", "patient_id", "lesion_id", "failed_file", "error")
+PATIENT_RULE = (
+    "patient_call = malignant when any lesion of the scan has probability >= threshold "
+    "(patient score = highest lesion probability)"
+)
+
+
+def _resolve(path: str, dataset_dir: str | os.PathLike) -> str:
+    return path if os.path.isabs(path) else os.path.join(dataset_dir, path)
+
+
+def _lesion_item(entry: Mapping[str, Any], dataset_dir: str | os.PathLike, where: str) -> dict[str, str]:
+    for key in ("image", "mask"):
+        if not isinstance(entry.get(key), str) or not entry[key]:
+            raise ValueError(f"{where}: needs an {key!r} path (got {entry.get(key)!r})")
+    image, mask = str(entry["image"]), str(entry["mask"])
+    scan_stem = Path(image.split("#")[0]).name.split(".")[0]
+    mask_name = Path(mask).name
+    mask_stem = mask_name.split(".")[0] + (f"_{mask_name.rsplit('#', 1)[1]}" if "#" in mask_name else "")
+    return {
+        "image": _resolve(image, dataset_dir),
+        "mask": _resolve(mask, dataset_dir),
+        "scan": image,
+        "mask_file": mask,
+        "patient_id": str(entry.get("patient_id") or scan_stem),
+        "lesion_id": str(entry.get("lesion_id") or mask_stem),
+    }
+
+
+def items_from_datalist(
+    datalist: str | os.PathLike, dataset_dir: str | os.PathLike, keys: Sequence[str] = ("training", "testing")
+) -> list[dict[str, str]]:
+    """One item per lesion from a datalist JSON (``{"training": [{"image": ..., "mask": ...}, ...]}``).
+
+    Only ``image`` (the scan) and ``mask`` (that lesion's mask, or ``labels.nii.gz#N`` for value ``N`` of a label
+    image when the image reader supports it) are required; ``lesion_id`` defaults to the mask's file name,
+    ``patient_id`` to the scan's. Labels and folds are ignored. Relative paths are joined to ``dataset_dir``.
+
+    Args:
+        datalist: path of the JSON file.
+        dataset_dir: folder that relative paths are joined to.
+        keys: the lists of the JSON object whose entries are used (those present).
+
+    Returns:
+        Items with keys ``image``/``mask`` (resolved paths), ``scan``/``mask_file`` (as written in the datalist),
+        ``patient_id`` and ``lesion_id``.
+
+    Raises:
+        ValueError: unreadable JSON, no entries, an entry without image/mask, or a repeated lesion id.
+    """
+    path = Path(datalist)
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: cannot read the datalist ({err})") from None
+    entries = [e for k in keys if isinstance(content, dict) for e in ensure_tuple(content.get(k) or ())]
+    if not entries:
+        raise ValueError(f"{path}: no lesion entries under {' or '.join(repr(k) for k in keys)}")
+    items = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"{path}: entry {i} is not an object")
+        items.append(_lesion_item(entry, dataset_dir, f"{path}: entry {i}"))
+    return _check_unique(items, str(path))
+
+
+def _check_unique(items: list[dict[str, str]], source: str) -> list[dict[str, str]]:
+    seen: dict[str, int] = {}
+    for item in items:
+        seen[item["lesion_id"]] = seen.get(item["lesion_id"], 0) + 1
+    repeated = sorted(k for k, n in seen.items() if n > 1)
+    if repeated:
+        raise ValueError(f"{source}: lesion ids must be unique; repeated: {', '.join(repeated[:10])}")
+    return items
+
+
+def items_from_folder(dataset_dir: str | os.PathLike) -> list[dict[str, str]]:
+    """One item per lesion from a folder of scans with their lesion masks (see ``bundle.datalist build``).
+
+    Raises:
+        ValueError: when the folder holds no scan with a lesion mask.
+    """
+    from bundle import datalist as datalist_module
+
+    build = getattr(datalist_module, "scan_folder", None)
+    if build is None:
+        raise ValueError(
+            f"{dataset_dir}: no datalist.json; write one (image + mask per lesion) and pass --datalist PATH"
+        )
+    entries = build(dataset_dir)
+    if not entries:
+        raise ValueError(f"{dataset_dir}: no scans with lesion masks found")
+    return _check_unique([_lesion_item(e, dataset_dir, f"{dataset_dir}") for e in entries], str(dataset_dir))
+
+
+def inference_items(dataset_dir: str | os.PathLike, datalist: str | os.PathLike | None = None) -> list[dict[str, str]]:
+    """Lesion items for inference: from ``datalist`` if given, else ``dataset_dir/datalist.json`` if present, else
+    from the scans and masks found in ``dataset_dir`` (:func:`items_from_folder`).
+
+    Raises:
+        ValueError: a given datalist that is missing or unusable, or a folder without scans and masks.
+    """
+    if datalist:
+        if not os.path.isfile(datalist):
+            raise ValueError(f"datalist not found: {datalist}")
+        return items_from_datalist(datalist, dataset_dir)
+    default = Path(dataset_dir) / "datalist.json"
+    if default.is_file():
+        return items_from_datalist(default, dataset_dir)
+    return items_from_folder(dataset_dir)
+
+
+def without_keys(transforms: Iterable[Callable], keys: Sequence[str] = ("label",)) -> list[Callable]:
+    """The ``transforms`` minus the dictionary transforms that act only on ``keys`` (e.g. the label's one-hot).
+
+    Inference reuses train.yaml's deterministic preprocessing; its items have no ``label``.
+    """
+    drop = set(keys)
+    return [t for t in transforms if not (isinstance(t, MapTransform) and set(t.keys) <= drop)]
+
+
+def root_cause(err: BaseException) -> str:
+    """``Type: message`` of the innermost exception (MONAI wraps transform errors in ``RuntimeError``s)."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}".strip()
+
+
+class TolerantDataset(Dataset):
+    """MONAI ``Dataset`` whose items never raise: a failing item comes back as a placeholder with its error.
+
+    Each item is returned as ``{"image": tensor of placeholder_shape, "error": "", "failed_file": "", *meta_keys}``;
+    when ``transform`` raises (a corrupt or missing file), ``image`` is zeros of ``placeholder_shape``, ``error``
+    says why and ``failed_file`` which file failed, so the batch still collates and the other lesions are still
+    classified. :class:`LesionResultWriter` reports such items and leaves them out of the results.
+
+    Args:
+        data: the items (see :func:`inference_items`).
+        transform: preprocessing (a ``Compose`` whose first transform loads ``file_keys``); must return the
+            ``image`` tensor of shape ``placeholder_shape``.
+        placeholder_shape: (C, H, W) of a preprocessed image, e.g. (2, 512, 256).
+        meta_keys: item keys copied to the output (strings).
+        file_keys: item keys holding file paths, checked one by one to name the file that failed.
+    """
+
+    def __init__(
+        self,
+        data: Sequence[Mapping[Hashable, Any]],
+        transform: Callable | None,
+        placeholder_shape: Sequence[int],
+        meta_keys: Sequence[str] = META_KEYS,
+        file_keys: Sequence[str] = ("image", "mask"),
+    ) -> None:
+        super().__init__(data=data, transform=transform)
+        self.placeholder_shape = tuple(int(s) for s in placeholder_shape)
+        self.meta_keys = tuple(meta_keys)
+        self.file_keys = tuple(file_keys)
+
+    def _transform(self, index: int) -> dict[str, Any]:
+        item = self.data[index]
+        meta = {k: str(item.get(k, "")) for k in self.meta_keys}
+        try:
+            out = super()._transform(index)
+            image = torch.as_tensor(out["image"])
+            if tuple(image.shape) != self.placeholder_shape:
+                raise ValueError(f"preprocessed shape {tuple(image.shape)}, expected {self.placeholder_shape}")
+        except Exception as err:  # reported by LesionResultWriter; the run exits non-zero at the end
+            failed_file = self.failed_file(item)
+            error = root_cause(err)
+            logger.warning(f"lesion {meta.get('lesion_id')}: cannot load {failed_file or 'its files'}: {error}")
+            placeholder = torch.zeros(self.placeholder_shape)
+            return {"image": placeholder, ERROR_KEY: error, FAILED_FILE_KEY: failed_file, **meta}
+        return {"image": image, ERROR_KEY: "", FAILED_FILE_KEY: "", **meta}
+
+    def failed_file(self, item: Mapping[Hashable, Any]) -> str:
+        """The first of the item's files that is missing or that the loader cannot read ("" if none is found).
+
+        The loader (first transform of a ``Compose``) is run on the item with every file key set to one file.
+        """
+        transforms = getattr(self.transform, "transforms", ())
+        loader = transforms[0] if transforms else None
+        for key in self.file_keys:
+            path = str(item.get(key, ""))
+            if not path:
+                continue
+            if not os.path.exists(path.split("#")[0]):
+                return path
+            if loader is not None:
+                try:
+                    loader({**item, **dict.fromkeys(self.file_keys, path)})
+                except Exception:
+                    return path
+        return ""
+
+
+def _csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """CSV text of ``rows`` (dicts) in the order of ``columns``; floats with 6 decimals."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([f"{row[c]:.6f}" if isinstance(row[c], float) else row[c] for c in columns])
+    return buffer.getvalue()
+
+
+class LesionResultWriter:
+    """Write the per-lesion and per-scan results of an inference run, and the items that failed.
+
+    Attach it to an evaluator whose decollated outputs hold ``pred`` (softmax probabilities, shape (2,)) and whose
+    decollated batch items hold ``error`` and the keys of :data:`META_KEYS` (see :class:`TolerantDataset`). At the
+    end of the run it writes, each atomically, in ``output_dir``:
+
+    - ``lesions.csv``: one row per lesion (:data:`LESION_COLUMNS`); ``probability`` = P(malignant);
+    - ``scans.csv``: one row per scan (:data:`SCAN_COLUMNS`): number of lesions, highest probability, and the
+      patient-level call (malignant when any lesion is called malignant);
+    - ``failed.csv``: one row per lesion that could not be loaded, with the error (header only when none);
+    - ``predictions.json``: all of the above with the model version, threshold and checkpoint.
+
+    The number of failed items is stored as ``engine.state.inference_failures`` (see :func:`exit_on_failures`).
+
+    Args:
+        output_dir: folder for the files.
+        model_version: written in every row (the bundle's ``metadata.json`` ``version``).
+        threshold: a lesion is called malignant when P(malignant) >= threshold.
+        extra_metadata: added to ``predictions.json`` (e.g. the checkpoint path).
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        model_version: str,
+        threshold: float = 0.5,
+        extra_metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.model_version = str(model_version)
+        self.threshold = float(threshold)
+        self.extra_metadata = dict(extra_metadata or {})
+        self.lesions: list[dict[str, Any]] = []
+        self.failed: list[dict[str, str]] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+
+    def _reset(self, engine: Engine) -> None:
+        self.lesions, self.failed = [], []
+
+    def _collect(self, engine: Engine) -> None:
+        for output, item in zip(engine.state.output, engine.state.batch, strict=True):
+            meta = {k: str(item[k]) for k in META_KEYS}
+            if item[ERROR_KEY]:
+                self.failed.append({**meta, "failed_file": str(item[FAILED_FILE_KEY]), "error": str(item[ERROR_KEY])})
+                continue
+            probability = float(torch.as_tensor(output["pred"]).float().reshape(-1)[1])
+            prediction = int(probability >= self.threshold)
+            self.lesions.append(
+                {
+                    **meta,
+                    "probability": probability,
+                    "prediction": prediction,
+                    "predicted_class": CLASS_NAMES[prediction],
+                    "model_version": self.model_version,
+                }
+            )
+
+    def scan_summaries(self) -> list[dict[str, Any]]:
+        """One summary per scan of the collected lesions, in order of the scans' first lesion."""
+        by_scan: dict[str, list[dict[str, Any]]] = {}
+        for lesion in self.lesions:
+            by_scan.setdefault(lesion["scan"], []).append(lesion)
+        summaries = []
+        for scan, lesions in by_scan.items():
+            top = max(lesions, key=lambda x: x["probability"])
+            malignant = sum(x["prediction"] for x in lesions)
+            summaries.append(
+                {
+                    "scan": scan,
+                    "patient_id": top["patient_id"],
+                    "lesions": len(lesions),
+                    "malignant_lesions": malignant,
+                    "max_probability": top["probability"],
+                    "top_lesion_id": top["lesion_id"],
+                    "patient_call": CLASS_NAMES[int(malignant > 0)],
+                    "model_version": self.model_version,
+                }
+            )
+        return summaries
+
+    def _write(self, engine: Engine) -> None:
+        scans = self.scan_summaries()
+        atomic_write_text(self.output_dir / "lesions.csv", _csv(self.lesions, LESION_COLUMNS))
+        atomic_write_text(self.output_dir / "scans.csv", _csv(scans, SCAN_COLUMNS))
+        atomic_write_text(self.output_dir / "failed.csv", _csv(self.failed, FAILED_COLUMNS))
+        content = {
+            "model_version": self.model_version,
+            "threshold": self.threshold,
+            "patient_rule": PATIENT_RULE,
+            **self.extra_metadata,
+            "lesions": self.lesions,
+            "scans": scans,
+            "failed": self.failed,
+        }
+        atomic_write_text(self.output_dir / "predictions.json", json.dumps(content, indent=1) + "\n")
+        engine.state.inference_failures = len(self.failed)
+        logger.info(
+            f"{len(self.lesions)} lesions of {len(scans)} scans classified; results in {self.output_dir.resolve()}"
+        )
+        by_file: dict[tuple[str, str], list[str]] = {}
+        for failure in self.failed:
+            by_file.setdefault((failure["failed_file"], failure["error"]), []).append(failure["lesion_id"])
+        for (failed_file, error), lesion_ids in by_file.items():
+            logger.error(
+                f"FAILED to load {failed_file or 'the files'} ({error}); skipped lesion(s) {', '.join(lesion_ids)}"
+            )
+
+
+def exit_on_failures(evaluator: Engine) -> None:
+    """End the process with exit status 1 when the writer recorded failed items (after every file was written).
+
+    Raises:
+        SystemExit: when ``evaluator.state.inference_failures`` > 0.
+    """
+    failures = int(getattr(evaluator.state, "inference_failures", 0) or 0)
+    if failures:
+        raise SystemExit(f"{failures} lesion(s) could not be loaded and were skipped; see failed.csv and the log above")
