@@ -320,6 +320,42 @@ class WholeBodyScanReader(ImageReader):
             raise img.error
         return img.array, dict(img.meta)
 
+    def mask_selectors(self, path: str | os.PathLike) -> list[str]:
+        """The ``#`` selectors of the lesions in a mask file: ``[]`` for a plain binary mask (one lesion).
+
+        A DICOM SEG with several segments gives its segment numbers; a label PNG/TIFF/NIfTI with several non-zero
+        values gives those values; an RGB PNG gives its non-black colours as ``"R,G,B"``.
+        """
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise MissingFileError(path, "mask file not found", "check the path")
+        kind = _sniff(path)
+        if kind == "dicom":
+            ds = self._dcmread(path, stop_before_pixels=True)
+            numbers = sorted(int(item.SegmentNumber) for item in ds.get("SegmentSequence") or [])
+            return [str(n) for n in numbers] if len(numbers) > 1 else []
+        if kind in ("png", "tiff"):
+            from PIL import Image
+
+            with Image.open(path) as img:
+                array = np.asarray(img)
+            if array.ndim == 3 and array.shape[-1] >= 3:
+                colours = np.unique(array[..., :3].reshape(-1, 3), axis=0)
+                colours = [c for c in colours if c.any()]
+                if all(c[0] == c[1] == c[2] for c in colours):
+                    array = array[..., 0]
+                else:
+                    return [",".join(str(int(v)) for v in c) for c in colours]
+        elif kind == "nifti":
+            array, _ = self._read_nifti(path, None)
+        else:
+            return []
+        values = np.unique(np.asarray(array))
+        values = values[values != 0]
+        if len(values) > 1 and np.all(values == np.round(values)) and values.min() > 0:
+            return [str(int(v)) for v in values]
+        return []
+
     # ---- reading ------------------------------------------------------------------------------------------------
     def load(self, data: Sequence[str | os.PathLike] | str | os.PathLike) -> tuple[np.ndarray, dict]:
         """Read and return (array of shape (H, W), float32; metadata); raises a :class:`DataError` subclass."""
