@@ -735,10 +735,9 @@ def _capsule_max(
     if box is None:
         return
     where, xs, ys = box
-    d = b - a
-    length2 = float(d @ d)
-    t = np.clip(((xs - a[0]) * d[0] + (ys - a[1]) * d[1]) / length2, 0, 1)
-    dist = np.hypot(xs - (a[0] + t * d[0]), ys - (a[1] + t * d[1]))
+    ax, ay, dx, dy = float(a[0]), float(a[1]), float(b[0] - a[0]), float(b[1] - a[1])
+    t = np.clip(((xs - ax) * dx + (ys - ay) * dy) * (1.0 / (dx * dx + dy * dy)), 0, 1)
+    dist = np.hypot(xs - (ax + t * dx), ys - (ay + t * dy))
     radius = r0 + (r1 - r0) * t
     chord = (t0 + (t1 - t0) * t) * np.sqrt(np.clip(1 - (dist / radius) ** 2, 0, None))
     np.maximum(out[where], activity * _effective_thickness(chord), out=out[where])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -103,7 +104,7 @@ class PhantomScan:
     bladder_mask: np.ndarray
     info: dict[str, Any] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def image(self) -> np.ndarray:
         """The stored layout, int16 shape (H, W): anterior left, posterior mirrored into the right half."""
         return np.hstack([self.anterior, self.posterior[:, ::-1]])
@@ -283,8 +284,8 @@ class _Renderer:
         u = (xs - centre[0]) * c + (ys - centre[1]) * s
         v = -(xs - centre[0]) * s + (ys - centre[1]) * c
         theta = np.arctan2(v / b, u / a)
-        outline = 1.0 + lesion.irregularity * _harmonics(theta, lesion.lobes)
-        rho = np.hypot(u / a, v / b) / outline
+        boundary = 1.0 + lesion.irregularity * _harmonics(theta, lesion.lobes)
+        rho = np.hypot(u / a, v / b) / boundary
         profile = np.exp(-(rho**4)).astype(np.float32)
         level_ant, level_post = self.site_level(lesion)
         if lesion.cold:
@@ -297,7 +298,11 @@ class _Renderer:
             excess = lesion.intensity - 1.0
             self.lesion_activity[0][where] += excess * level_ant * profile
             self.lesion_activity[1][where] += excess * level_post * profile
-        footprint[where] = rho <= 1.0
+        inside = self.soft[where] > 0
+        outline = (rho <= 1.0) & inside
+        if not outline.any():  # smaller than a pixel (coarse matrices): the pixel nearest the centre
+            outline.flat[int(np.argmin(np.where(inside, rho, np.inf)))] = True
+        footprint[where] = outline
         return footprint
 
     def finish(self) -> tuple[np.ndarray, dict[str, Any] | None]:

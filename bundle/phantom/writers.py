@@ -11,6 +11,7 @@ after which ``python -m bundle.phantom --format dicom`` works (the CLI offers ev
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from PIL import Image
 from bundle.phantom.scan import PhantomScan
 
 PNG_COMPRESS_LEVEL = 1
+NIFTI_GZIP_LEVEL = 1
+NIFTI_DATA_OFFSET = 352  # 348-byte header + 4-byte extension flag (no extensions)
 
 
 @dataclass(frozen=True)
@@ -41,12 +44,24 @@ class ScanWriter:
     description: str = ""
 
 
+def write_nifti(path: str | Path, array: np.ndarray) -> None:
+    """Save a 2-D array as gzipped NIfTI-1 with an identity affine, so ``nibabel.load(path).get_fdata()`` is ``array``.
+
+    Same header as ``nibabel.save(Nifti1Image(array, np.eye(4)), path)`` but written in one piece (nibabel writes a
+    C-ordered array row by row) and with a zero gzip timestamp, so equal arrays give byte-identical files.
+    """
+    header = nib.Nifti1Image(array, np.eye(4)).header
+    header["vox_offset"] = NIFTI_DATA_OFFSET
+    payload = header.binaryblock + b"\0" * (NIFTI_DATA_OFFSET - len(header.binaryblock)) + array.tobytes(order="F")
+    Path(path).write_bytes(gzip.compress(payload, compresslevel=NIFTI_GZIP_LEVEL, mtime=0))
+
+
 def _nifti_image(path: Path, scan: PhantomScan) -> None:
-    nib.save(nib.Nifti1Image(scan.image, np.eye(4)), str(path))
+    write_nifti(path, scan.image)
 
 
 def _nifti_mask(path: Path, mask: np.ndarray, scan: PhantomScan) -> None:
-    nib.save(nib.Nifti1Image(np.ascontiguousarray(mask, np.uint8), np.eye(4)), str(path))
+    write_nifti(path, np.asarray(mask, np.uint8))
 
 
 def _png_image(path: Path, scan: PhantomScan) -> None:
