@@ -406,20 +406,24 @@ class WholeBodyScanReader(ImageReader):
 
     @staticmethod
     def _dcmread(path: str, stop_before_pixels: bool = False) -> Dataset:
+        fix = "re-export it from the camera or PACS (a DICOM Part 10 file); it may be truncated or corrupt"
         try:
-            try:
-                return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
-            except pydicom.errors.InvalidDicomError:
-                ds = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
-                if "SOPClassUID" not in ds or not ("PixelData" in ds or stop_before_pixels):
-                    raise
-                return ds
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pydicom warns about what the checks below report
+                try:
+                    ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+                except pydicom.errors.InvalidDicomError:
+                    ds = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
+                    if "SOPClassUID" not in ds:
+                        raise
         except Exception as err:
-            raise DicomReadError(
-                path,
-                f"not a readable DICOM file ({type(err).__name__}: {err})",
-                "re-export it from the camera or PACS (a DICOM Part 10 file); it may be truncated or corrupt",
-            ) from None
+            raise DicomReadError(path, f"not a readable DICOM file ({type(err).__name__}: {err})", fix) from None
+        if "SOPClassUID" not in ds:
+            raise DicomReadError(path, "incomplete DICOM file (no SOPClassUID)", fix)
+        pixel_keywords = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+        if not stop_before_pixels and not any(k in ds for k in pixel_keywords):
+            raise DicomReadError(path, "the file has no pixel data (truncated, or not an image)", fix)
+        return ds
 
     def _check_nm(self, ds: Dataset, path: str) -> None:
         modality = str(ds.get("Modality", "")).upper()
