@@ -46,8 +46,14 @@ class AtomicCheckpointSaver(CheckpointSaver):
                 checkpoint.save_handler.remove = lambda filename: None  # os.replace overwrites it atomically
 
     def state_dict(self) -> dict:
-        """Best-score record of the key-metric checkpoint (empty when not saving on a key metric)."""
-        return self._key_metric_checkpoint.state_dict() if self._key_metric_checkpoint is not None else {}
+        """Best-score record of the key-metric checkpoint (empty when not saving on a key metric).
+
+        Scores are stored as Python floats so that the record loads with ``torch.load(weights_only=True)``.
+        """
+        if self._key_metric_checkpoint is None:
+            return {}
+        record = self._key_metric_checkpoint.state_dict()
+        return {**record, "_saved": [(float(score), name) for score, name in record["_saved"]]}
 
     def load_state_dict(self, state_dict: dict) -> None:
         if state_dict:

@@ -77,7 +77,7 @@ def test_prediction_writer_writes_null_for_undefined_metrics(tmp_path):
 
 def test_atomic_checkpoint_saver_keeps_best_and_resumes_its_record(tmp_path):
     model = torch.nn.Linear(2, 2)
-    scores = iter([0.6, 0.8, 0.7])
+    scores = iter(np.array([0.6, 0.8, 0.7]))  # numpy scalars, as MONAI's metrics give
     evaluator = Engine(lambda e, b: None)
 
     @evaluator.on(Events.EPOCH_COMPLETED)
@@ -109,7 +109,8 @@ def test_atomic_checkpoint_saver_keeps_best_and_resumes_its_record(tmp_path):
         key_metric_name="val_auc",
         key_metric_filename="model.pt",
     )
-    fresh.load_state_dict(record)
+    torch.save(record, tmp_path / "record.pt")  # part of the resume checkpoint: must load with weights_only
+    fresh.load_state_dict(torch.load(tmp_path / "record.pt", weights_only=True))
     assert fresh.state_dict() == record
 
 

@@ -1,0 +1,59 @@
+"""Shared fixtures: a small phantom data set (made once per session) and helpers to run the bundle CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# small and fast: 256x128 scans, trained at 64x32
+TINY_OVERRIDES = ["--spatial_size", "[64,32]", "--batch_size", "4", "--num_workers", "0"]
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory) -> Path:
+    """A 20-patient phantom (256x128 scans, 5 folds) with its datalist.json."""
+    from bundle.phantom.dataset import generate_dataset
+    from bundle.phantom.scan import PhantomConfig
+
+    out = tmp_path_factory.mktemp("phantom") / "data"
+    generate_dataset(out, patients=20, seed=3, config=PhantomConfig(height=256, width=128), num_folds=5)
+    return out
+
+
+def run_bundle(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m monai.bundle ARGS`` from the repository root (the bundle root); output captured."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"bundle run failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+def train_tiny(dataset_dir: Path, output_dir: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    """The mission command at tiny size: ``run training --config_file configs/train.yaml`` with overrides."""
+    return run_bundle(
+        "run", "training", "--config_file", "configs/train.yaml", "--dataset_dir", str(dataset_dir),
+        "--output_dir", str(output_dir), *TINY_OVERRIDES, *extra, check=check,
+    )  # fmt: skip
+
+
+def evaluate_tiny(dataset_dir: Path, output_dir: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``run evaluating`` with train.yaml + evaluate.yaml at tiny size."""
+    return run_bundle(
+        "run", "evaluating", "--config_file", "['configs/train.yaml','configs/evaluate.yaml']",
+        "--dataset_dir", str(dataset_dir), "--output_dir", str(output_dir), *TINY_OVERRIDES, *extra, check=check,
+    )  # fmt: skip

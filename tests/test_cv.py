@@ -1,0 +1,64 @@
+"""Cross-validation runner: per-fold bundle runs, pooled out-of-fold predictions, report, skipping finished folds."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from bundle.cv import main, parse_overrides
+from bundle.datalist import read_datalist
+
+from .conftest import REPO_ROOT
+
+
+def test_parse_overrides_reads_yaml_values():
+    assert parse_overrides(["--max_epochs", "3", "--spatial_size", "[64,32]", "--device=cpu"]) == {
+        "max_epochs": 3,
+        "spatial_size": [64, 32],
+        "device": "cpu",
+    }
+    with pytest.raises(SystemExit, match="needs a value"):
+        parse_overrides(["--max_epochs"])
+    with pytest.raises(SystemExit, match="unexpected argument"):
+        parse_overrides(["3"])
+
+
+def test_two_fold_cross_validation_end_to_end(phantom_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(REPO_ROOT)
+    out = tmp_path / "cv"
+    argv = [
+        "--out", str(out), "--folds", "2", "--bootstrap", "50",
+        "--dataset_dir", str(phantom_dir), "--spatial_size", "[64,32]", "--max_epochs", "1",
+        "--batch_size", "4", "--num_workers", "0",
+    ]  # fmt: skip
+    assert main(argv) == 0
+
+    entries = read_datalist(phantom_dir / "datalist.json")["training"]
+    expected = {e["lesion_id"]: e for e in entries if e["fold"] in (0, 1)}
+    with open(out / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["lesion_id"] for r in rows} == set(expected)
+    assert all(int(r["fold"]) == expected[r["lesion_id"]]["fold"] for r in rows)
+    assert {r["network"] for r in rows} == {"resnet50"}
+    for fold in (0, 1):
+        assert (out / "resnet50" / f"fold{fold}" / "checkpoints" / "model.pt").is_file()
+
+    report = json.loads((out / "report" / "report.json").read_text())
+    for table in ("table2", "table3", "table4", "table5", "patient_level", "phantom"):
+        assert report[table], table
+    assert "inner validation" in report["selection_note"]
+    assert (out / "report" / "report.html").is_file() and (out / "report" / "report.md").is_file()
+    figures = {p.name for p in (out / "report" / "figures").glob("*.png")}
+    assert {"overall.png", "figure3_burden.png", "figure4_tumor.png"} <= figures
+    summary = json.loads((out / "cv_summary.json").read_text())
+    assert [s["fold"] for s in summary["folds"]] == [0, 1]
+    assert not any(s["skipped"] for s in summary["folds"])
+
+    # a second call finds both folds finished and only re-pools and re-reports
+    mtime = (out / "resnet50" / "fold0" / "checkpoints" / "model.pt").stat().st_mtime
+    assert main(argv) == 0
+    summary = json.loads((out / "cv_summary.json").read_text())
+    assert all(s["skipped"] for s in summary["folds"])
+    assert (out / "resnet50" / "fold0" / "checkpoints" / "model.pt").stat().st_mtime == mtime
