@@ -1,0 +1,268 @@
+"""Inference (configs/inference.yaml): same probabilities as evaluate.yaml, corrupt scans, properties, result files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from ignite.engine import Engine
+from monai.bundle import ConfigParser, create_workflow
+from monai.transforms import Compose, LoadImaged
+
+from bundle.inference import (
+    LesionResultWriter,
+    TolerantDataset,
+    exit_on_failures,
+    inference_items,
+    items_from_datalist,
+    without_keys,
+)
+from bundle.nets import build_network
+from bundle.transforms import OneHotLabeld
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--spatial_size", "[64,32]", "--batch_size", "4", "--num_workers", "0"]
+VERSION = json.loads((REPO_ROOT / "configs" / "metadata.json").read_text())["version"]
+
+
+def run_bundle(*args: str) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle ARGS`` from the bundle root, output captured (not checked)."""
+    return subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
+    )
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    """6 phantom patients (256x128 scans, about 35 lesions) with datalist.json, 2 folds, both classes in each."""
+    from bundle.datalist import check_entries
+    from bundle.phantom.dataset import generate_dataset
+    from bundle.phantom.scan import PhantomConfig
+
+    for seed in range(20):  # evaluate.yaml refuses a fold without a malignant (or benign) lesion
+        out = tmp_path_factory.mktemp("phantom") / "data"
+        content = generate_dataset(out, patients=6, seed=seed, config=PhantomConfig(height=256, width=128), num_folds=2)
+        if not check_entries(content["training"], content["num_folds"]):
+            return out
+    raise AssertionError("no phantom seed gave usable folds")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A plain state_dict of a seeded ResNet50 with non-trivial BatchNorm statistics (no training needed)."""
+    torch.manual_seed(0)
+    net = build_network("resnet50")
+    net.train()
+    with torch.no_grad():  # a few forward passes in train mode give BatchNorm running stats of real magnitude
+        for _ in range(3):
+            net(torch.rand(4, 2, 64, 32))
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def test_infer_properties(phantom):
+    workflow = create_workflow(
+        config_file=str(REPO_ROOT / "configs/inference.yaml"), workflow_type="infer", dataset_dir=str(phantom)
+    )
+    assert workflow.check_properties() == []
+
+
+def test_preprocessing_is_train_yaml_s():
+    """inference.yaml copies train.yaml's network and deterministic transforms (macros), it does not restate them."""
+    cwd = os.getcwd()
+    os.chdir(REPO_ROOT)  # macros are resolved relative to the working directory (the bundle root)
+    try:
+        infer = ConfigParser()
+        infer.read_config("configs/inference.yaml")
+        infer.resolve_macro_and_relative_ids()
+    finally:
+        os.chdir(cwd)
+    train = ConfigParser()
+    train.read_config(REPO_ROOT / "configs/train.yaml")
+    assert infer["deterministic_transforms"] == train["train#deterministic_transforms"]
+    assert infer["network_def"] == train["network_def"]
+    assert infer["postprocessing"] == train["train#postprocessing"]
+    for key in ("spatial_size", "image_reader", "network_name", "device", "amp", "channels_last"):
+        assert infer[key] == train[key], key
+
+
+def test_inference_equals_evaluation(phantom, checkpoint, tmp_path):
+    """One row per lesion, with the probabilities evaluate.yaml computes from the same checkpoint (1e-5)."""
+    infer_out, eval_out = tmp_path / "infer", tmp_path / "eval"
+    result = run_bundle(
+        "run", "--config_file", "configs/inference.yaml", "--dataset_dir", str(phantom),
+        "--checkpoint", str(checkpoint), "--output_dir", str(infer_out), *TINY,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-1500:]
+    result = run_bundle(
+        "run", "evaluating", "--config_file", "['configs/train.yaml','configs/evaluate.yaml']",
+        "--dataset_dir", str(phantom), "--checkpoint", str(checkpoint), "--output_dir", str(eval_out),
+        "--eval_part", "all", *TINY,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-1500:]
+
+    datalist = json.loads((phantom / "datalist.json").read_text())["training"]
+    lesions = read_csv(infer_out / "lesions.csv")
+    assert [r["lesion_id"] for r in lesions] == [e["lesion_id"] for e in datalist]
+    assert list(lesions[0]) == [
+        "scan", "mask_file", "patient_id", "lesion_id", "probability", "prediction", "predicted_class", "model_version"
+    ]  # fmt: skip
+    evaluated = {r["lesion_id"]: float(r["probability"]) for r in read_csv(eval_out / "eval" / "predictions.csv")}
+    assert len(evaluated) == len(lesions)
+    for row in lesions:
+        assert float(row["probability"]) == pytest.approx(evaluated[row["lesion_id"]], abs=1e-5)
+        assert row["prediction"] == str(int(float(row["probability"]) >= 0.5))
+        assert row["predicted_class"] == ("malignant" if row["prediction"] == "1" else "benign")
+        assert row["model_version"] == VERSION
+    assert len({float(r["probability"]) for r in lesions}) > 1  # the checkpoint separates lesions
+
+    scans = read_csv(infer_out / "scans.csv")
+    assert [s["scan"] for s in scans] == list(dict.fromkeys(e["image"] for e in datalist))
+    for scan in scans:
+        mine = [r for r in lesions if r["scan"] == scan["scan"]]
+        assert int(scan["lesions"]) == len(mine)
+        assert float(scan["max_probability"]) == max(float(r["probability"]) for r in mine)
+        malignant = sum(r["prediction"] == "1" for r in mine)
+        assert int(scan["malignant_lesions"]) == malignant
+        assert scan["patient_call"] == ("malignant" if malignant else "benign")
+    assert read_csv(infer_out / "failed.csv") == []
+    content = json.loads((infer_out / "predictions.json").read_text())
+    assert content["model_version"] == VERSION
+    assert len(content["lesions"]) == len(lesions) and len(content["scans"]) == len(scans)
+    assert content["failed"] == []
+    assert not [p for p in infer_out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_corrupt_scan_is_reported_and_skipped(phantom, checkpoint, tmp_path):
+    """A truncated scan and a garbage mask among good ones: the rest is classified, failures listed, exit 1."""
+    entries = json.loads((phantom / "datalist.json").read_text())["training"]
+    scans = list(dict.fromkeys(e["image"] for e in entries))[:3]
+    entries = [e for e in entries if e["image"] in scans]
+    data = tmp_path / "data"
+    for e in entries:
+        for key in ("image", "mask"):
+            (data / e[key]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(phantom / e[key], data / e[key])
+    corrupt_scan = data / scans[1]
+    corrupt_scan.write_bytes(corrupt_scan.read_bytes()[:300])  # truncated gzip
+    good = [e for e in entries if e["image"] != scans[1]]
+    corrupt_mask = data / good[-1]["mask"]
+    corrupt_mask.write_text("not an image")
+    (data / "lesions.json").write_text(
+        json.dumps({"training": [{"image": e["image"], "mask": e["mask"]} for e in entries]})
+    )
+
+    out = tmp_path / "out"
+    result = run_bundle(
+        "run", "--config_file", "configs/inference.yaml", "--dataset_dir", str(data),
+        "--datalist", str(data / "lesions.json"), "--checkpoint", str(checkpoint), "--output_dir", str(out), *TINY,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "could not be loaded" in result.stderr
+    failed = read_csv(out / "failed.csv")
+    expected = [e for e in entries if e["image"] == scans[1]] + [good[-1]]
+    assert sorted(f["mask_file"] for f in failed) == sorted(e["mask"] for e in expected)
+    for f in failed:
+        assert f["failed_file"] == str(corrupt_scan if f["scan"] == scans[1] else corrupt_mask)
+        assert f["error"]
+    lesions = read_csv(out / "lesions.csv")
+    assert sorted(r["mask_file"] for r in lesions) == sorted(e["mask"] for e in good[:-1])
+    assert {s["scan"] for s in read_csv(out / "scans.csv")} == {scans[0], scans[2]}
+    assert len(json.loads((out / "predictions.json").read_text())["failed"]) == len(expected)
+
+
+# ---- units ------------------------------------------------------------------------------------------------------
+
+
+def test_items_from_datalist_defaults_and_errors(tmp_path):
+    entries = [
+        {"image": "a/S1.nii.gz", "mask": "m/S1_L1.nii.gz"},
+        {"image": "/x/S2.nii", "mask": "/x/lab.nii.gz#3", "lesion_id": "Z"},
+    ]
+    (tmp_path / "l.json").write_text(json.dumps({"training": entries}))
+    items = items_from_datalist(tmp_path / "l.json", tmp_path)
+    assert items[0] == {
+        "image": str(tmp_path / "a/S1.nii.gz"),
+        "mask": str(tmp_path / "m/S1_L1.nii.gz"),
+        "scan": "a/S1.nii.gz",
+        "mask_file": "m/S1_L1.nii.gz",
+        "patient_id": "S1",
+        "lesion_id": "S1_L1",
+    }
+    assert items[1]["image"] == "/x/S2.nii" and items[1]["lesion_id"] == "Z" and items[1]["patient_id"] == "S2"
+    assert inference_items(tmp_path, tmp_path / "l.json") == items
+
+    (tmp_path / "dup.json").write_text(json.dumps({"training": [{"image": "a", "mask": "m.nii"}] * 2}))
+    with pytest.raises(ValueError, match="unique"):
+        items_from_datalist(tmp_path / "dup.json", tmp_path)
+    (tmp_path / "bad.json").write_text(json.dumps({"training": [{"image": "a"}]}))
+    with pytest.raises(ValueError, match="mask"):
+        items_from_datalist(tmp_path / "bad.json", tmp_path)
+    with pytest.raises(ValueError, match="not found"):
+        inference_items(tmp_path, tmp_path / "missing.json")
+
+
+def test_without_keys_drops_label_transforms_only():
+    load = LoadImaged(keys=["image", "mask"])
+    one_hot = OneHotLabeld(keys="label")
+    assert without_keys([load, one_hot, len]) == [load, len]
+
+
+def test_tolerant_dataset_placeholder(tmp_path):
+    missing = str(tmp_path / "missing.nii.gz")
+    data = [{"image": missing, "mask": missing, "scan": "s", "mask_file": "m", "patient_id": "p", "lesion_id": "l"}]
+    dataset = TolerantDataset(data, Compose([LoadImaged(keys=["image", "mask"])]), placeholder_shape=(2, 8, 4))
+    item = dataset[0]
+    assert item["image"].shape == (2, 8, 4) and not item["image"].any()
+    assert item["failed_file"] == missing and item["error"]
+    assert item["lesion_id"] == "l"
+
+
+def test_writer_summaries_and_exit(tmp_path):
+    """Per-scan summary (lesions, highest probability, call) and exit status from decollated items."""
+    probabilities = {"A1": 0.2, "A2": 0.7, "B1": 0.1}
+
+    def step(engine, lesion_ids):
+        engine.state.batch = [
+            {"scan": i[0], "mask_file": i, "patient_id": "P" + i[0], "lesion_id": i, "error": "", "failed_file": ""}
+            for i in lesion_ids
+        ]
+        return [{"pred": torch.tensor([1 - probabilities[i], probabilities[i]])} for i in lesion_ids]
+
+    engine = Engine(step)
+    LesionResultWriter(tmp_path, model_version="9.9.9", threshold=0.5).attach(engine)
+    engine.run([["A1", "A2"], ["B1"]], max_epochs=1)
+    exit_on_failures(engine)  # nothing failed: returns
+    scans = read_csv(tmp_path / "scans.csv")
+    assert scans == [
+        {"scan": "A", "patient_id": "PA", "lesions": "2", "malignant_lesions": "1", "max_probability": "0.700000",
+         "top_lesion_id": "A2", "patient_call": "malignant", "model_version": "9.9.9"},
+        {"scan": "B", "patient_id": "PB", "lesions": "1", "malignant_lesions": "0", "max_probability": "0.100000",
+         "top_lesion_id": "B1", "patient_call": "benign", "model_version": "9.9.9"},
+    ]  # fmt: skip
+
+    def failing_step(engine, lesion_ids):
+        out = step(engine, lesion_ids)
+        engine.state.batch[0].update(error="OSError: broken", failed_file="A.nii")
+        return out
+
+    engine = Engine(failing_step)
+    LesionResultWriter(tmp_path, model_version="9.9.9").attach(engine)
+    engine.run([["A1", "A2"]], max_epochs=1)
+    assert [r["lesion_id"] for r in read_csv(tmp_path / "lesions.csv")] == ["A2"]
+    assert read_csv(tmp_path / "failed.csv")[0]["failed_file"] == "A.nii"
+    with pytest.raises(SystemExit):
+        exit_on_failures(engine)
