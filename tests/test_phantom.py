@@ -67,15 +67,13 @@ def test_same_seed_gives_identical_arrays_and_different_seed_differs():
 
 def test_dataset_is_reproducible_and_patient_k_does_not_depend_on_n(tmp_path):
     first = generate_dataset(tmp_path / "a", patients=6, seed=11, num_folds=2)
-    again = generate_dataset(tmp_path / "b", patients=6, seed=11, num_folds=2)
+    again = generate_dataset(tmp_path / "b", patients=6, seed=11, num_folds=2, workers=2)
     other = generate_dataset(tmp_path / "c", patients=6, seed=12, num_folds=2)
     assert first == again
     assert first["training"] != other["training"]
-    for e in first["training"][:6]:
+    for e in first["training"]:
         for key in ("image", "mask"):
-            x = np.asanyarray(nib.load(tmp_path / "a" / e[key]).dataobj)
-            y = np.asanyarray(nib.load(tmp_path / "b" / e[key]).dataobj)
-            assert x.tobytes() == y.tobytes()
+            assert (tmp_path / "a" / e[key]).read_bytes() == (tmp_path / "b" / e[key]).read_bytes()
     # patient 4 of a 6-patient data set is patient 4 of any data set with that seed
     scan, _, _ = generate_patient(patient_rng(11, 3), PhantomConfig(), "P00004")
     stored = np.asanyarray(nib.load(tmp_path / "a" / "images" / "P00004.nii.gz").dataobj)
