@@ -647,12 +647,14 @@ def summary(content: dict[str, Any]) -> str:
 
 
 def _print_problems(problems: Sequence[Exception], notes: Sequence[str]) -> None:
+    from bundle.validation import describe
+
     for note in notes:
         print(f"note: {note}")
     if problems:
         print(f"{len(problems)} problem(s) found:")
         for p in problems:
-            print(f"  - {p}")
+            print(f"  - {describe(p)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -61,6 +61,7 @@ __all__ = [
     "ValidationReport",
     "check_datalist",
     "check_pretrained",
+    "describe",
     "validate",
     "validate_datalist",
 ]
@@ -88,12 +89,19 @@ class SingleViewError(DataError):
     """A scan has one view only, and training needs anterior and posterior views."""
 
 
+def describe(error: Exception) -> str:
+    """One line for a problem; a :class:`~bundle.datalist.DatalistError` as ``source: its problems``."""
+    if isinstance(error, DatalistError):
+        return f"{error.source}: " + "; ".join(error.problems)
+    return str(error)
+
+
 class DatasetValidationError(DatalistError):
     """Raised by :func:`check_datalist`; ``errors`` holds every problem (exceptions), ``problems`` their messages."""
 
     def __init__(self, source: str | os.PathLike, errors: Sequence[Exception]):
         self.errors = list(errors)
-        super().__init__(source, [str(e) for e in self.errors])
+        super().__init__(source, [describe(e) for e in self.errors])
 
 
 @dataclass
@@ -109,7 +117,7 @@ class ValidationReport:
 
     @property
     def messages(self) -> list[str]:
-        return [str(p) for p in self.problems]
+        return [describe(p) for p in self.problems]
 
     @property
     def ok(self) -> bool:
