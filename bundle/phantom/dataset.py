@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from bundle.datalist import assign_folds, write_datalist
 from bundle.phantom.lesions import TUMOR_TYPES
 from bundle.phantom.scan import PhantomConfig, PhantomScan, generate_patient, patient_rng
 from bundle.phantom.writers import WRITERS
@@ -182,6 +181,9 @@ def generate_dataset(
         OutputDirectoryError: see :func:`check_output_dir`.
         ValueError: bad ``patients``, ``num_folds`` or ``fmt``.
     """
+    # imported here: bundle.datalist pulls in MONAI (seconds), which the simulation and `--help` do not need
+    from bundle.datalist import assign_folds, write_datalist
+
     config = config or PhantomConfig()
     if fmt not in WRITERS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {sorted(WRITERS)}")
