@@ -85,7 +85,6 @@ class SkeletonTemplate:
         part: index into :data:`PARTS`, shape (N,).
         kind: tissue kind (:data:`KIND_BONE`, :data:`KIND_KIDNEY`, :data:`KIND_BLADDER`), shape (N,).
         bone_names: name of every bone index.
-        bone_uptake: nominal uptake of each bone (its main shape), shape (num_bones,).
         part_slices: the points of each part, ``points[part_slices[p]]``.
         rib_curves: centre line of each rib, key ``(side, k)``, value (M, 2) reference mm, posterior end first.
     """
@@ -98,11 +97,11 @@ class SkeletonTemplate:
     part: np.ndarray
     kind: np.ndarray
     bone_names: tuple[str, ...]
-    bone_uptake: np.ndarray
     part_slices: tuple[slice, ...]
     rib_curves: dict[tuple[str, int], np.ndarray] = field(repr=False)
 
     def bone_id(self, name: str) -> int:
+        """Index of bone ``name`` in ``bone_names``."""
         return self.bone_names.index(name)
 
     def points_of(self, names: Sequence[str]) -> np.ndarray:
@@ -119,16 +118,15 @@ class _TemplateBuilder:
         self._rng = np.random.default_rng(20210904)
         self._chunks: list[tuple[np.ndarray, ...]] = []
         self.bone_names: list[str] = []
-        self.bone_uptake: list[float] = []
         self.rib_curves: dict[tuple[str, int], np.ndarray] = {}
 
-    def _bone(self, name: str, uptake: float) -> int:
+    def _bone(self, name: str) -> int:
         if name not in self.bone_names:
             self.bone_names.append(name)
-            self.bone_uptake.append(uptake)
         return self.bone_names.index(name)
 
     def _grid(self, lo: Sequence[float], hi: Sequence[float]) -> np.ndarray:
+        """Jittered grid points covering the box ``lo``–``hi`` (reference mm), shape (N, 2)."""
         s = self.spacing
         xs = np.arange(lo[0] + s / 2, hi[0], s)
         ys = np.arange(lo[1] + s / 2, hi[1], s)
@@ -146,14 +144,12 @@ class _TemplateBuilder:
         axis: float | np.ndarray,
         kind: int = KIND_BONE,
         profile: np.ndarray | None = None,
-        nominal: bool = True,
     ) -> None:
+        """Append the points (N, 2) of one shape of ``bone`` with their uptake, depth and axis."""
         n = len(points)
         if n == 0:
             return
-        bone_id = self._bone(bone, uptake if nominal else 0.0)
-        if nominal and self.bone_uptake[bone_id] == 0.0:
-            self.bone_uptake[bone_id] = uptake
+        bone_id = self._bone(bone)
         weight = np.full(n, uptake, np.float64) if profile is None else uptake * profile
         self._chunks.append(
             (
@@ -270,7 +266,6 @@ class _TemplateBuilder:
             part=part,
             kind=kind,
             bone_names=tuple(self.bone_names),
-            bone_uptake=np.asarray(self.bone_uptake, np.float32),
             part_slices=slices,
             rib_curves=self.rib_curves,
         )
@@ -321,7 +316,7 @@ def reference_skeleton() -> SkeletonTemplate:
     # Skull: calvarium with a brighter rim (bone seen tangentially), dark orbits, facial bones and mandible.
     orbits = [((-30.0, 118.0), (16.0, 13.0)), ((30.0, 118.0), (16.0, 13.0))]
     b.ellipse((0, 108), (72, 98), bone="skull", part="head", uptake=0.34, depth=0.5, holes=orbits)
-    b.ring((0, 108), (72, 98), 9.0, bone="skull", part="head", uptake=0.5, depth=0.5, nominal=False)
+    b.ring((0, 108), (72, 98), 9.0, bone="skull", part="head", uptake=0.5, depth=0.5)
     b.ellipse((0, 160), (36, 20), bone="face", part="head", uptake=0.75, depth=0.2)
     b.ellipse((0, 138), (9, 16), bone="face", part="head", uptake=0.5, depth=0.1)
     mandible = [(-58, 168), (-55, 200), (-35, 222), (0, 230), (35, 222), (55, 200), (58, 168)]
@@ -342,7 +337,7 @@ def reference_skeleton() -> SkeletonTemplate:
             b.ellipse((s * (w / 2 - 3), y - h / 4), (4.5, 4.5), bone=name, part="trunk", uptake=0.6, depth=0.82)
             if name[0] == "L":
                 b.capsule((s * w / 2, y), (s * (w / 2 + 18), y - 2), 6, bone=name, part="trunk", uptake=0.3, depth=0.8)
-        b.ellipse((0, y + h / 3), (4, 5), bone=name, part="trunk", uptake=0.45, depth=0.95, nominal=False)
+        b.ellipse((0, y + h / 3), (4, 5), bone=name, part="trunk", uptake=0.45, depth=0.95)
     b.polygon([(-55, 800), (55, 800), (20, 905), (-20, 905)], bone="sacrum", part="trunk", uptake=0.8, depth=0.85)
     b.capsule((0, 905), (0, 925), 10, bone="coccyx", part="trunk", uptake=0.4, depth=0.9)
 
@@ -353,8 +348,8 @@ def reference_skeleton() -> SkeletonTemplate:
         wing += [(52, 860)]
         b.polygon([(s * x, y) for x, y in wing], bone=f"iliac_{side}", part="trunk", uptake=0.5, depth=0.5)
         crest = [(s * 58, 760), (s * 95, 738), (s * 135, 745), (s * 158, 775)]
-        b.polyline(crest, 8, bone=f"iliac_{side}", part="trunk", uptake=0.45, depth=0.5, smooth=True, nominal=False)
-        b.ellipse((s * 152, 790), (9, 9), bone=f"iliac_{side}", part="trunk", uptake=0.5, depth=0.25, nominal=False)
+        b.polyline(crest, 8, bone=f"iliac_{side}", part="trunk", uptake=0.45, depth=0.5, smooth=True)
+        b.ellipse((s * 152, 790), (9, 9), bone=f"iliac_{side}", part="trunk", uptake=0.5, depth=0.25)
         b.ring((s * 92, 880), (31, 31), 8, bone=f"acetabulum_{side}", part="trunk", uptake=0.6, depth=0.5)
         b.ring((s * 55, 925), (32, 26), 11, bone=f"pubis_{side}", part="trunk", uptake=0.65, depth=0.4)
         b.ellipse((s * 62, 955), (15, 12), bone=f"ischium_{side}", part="trunk", uptake=0.7, depth=0.7)
@@ -371,8 +366,8 @@ def reference_skeleton() -> SkeletonTemplate:
         blade = [(78, 330), (160, 345), (150, 400), (108, 480), (85, 450), (75, 380)]
         b.polygon([(s * x, y) for x, y in blade], bone=f"scapula_{side}", part="trunk", uptake=0.28, depth=0.93)
         spine = [(s * 80, 358), (s * 150, 335), (s * 178, 321)]
-        b.polyline(spine, 10, bone=f"scapula_{side}", part="trunk", uptake=0.4, depth=0.93, nominal=False)
-        b.ellipse((s * 106, 475), (9, 9), bone=f"scapula_{side}", part="trunk", uptake=0.3, depth=0.93, nominal=False)
+        b.polyline(spine, 10, bone=f"scapula_{side}", part="trunk", uptake=0.4, depth=0.93)
+        b.ellipse((s * 106, 475), (9, 9), bone=f"scapula_{side}", part="trunk", uptake=0.3, depth=0.93)
         b.ellipse((s * 184, 318), (14, 9), bone=f"acromion_{side}", part="trunk", uptake=0.6, depth=0.7)
         b.ellipse((s * 164, 350), (7, 18), bone=f"glenoid_{side}", part="trunk", uptake=0.6, depth=0.6)
 
@@ -390,21 +385,21 @@ def reference_skeleton() -> SkeletonTemplate:
         b.ellipse((s * 197, 640), (30, 14), bone=f"elbow_{side}", part=upper, uptake=0.6, depth=0.5)
         b.capsule((s * 205, 660), (s * 213, 885), 11, bone=f"radius_{side}", part=fore, uptake=0.34, depth=0.5)
         b.capsule((s * 189, 655), (s * 195, 890), 10, bone=f"ulna_{side}", part=fore, uptake=0.34, depth=0.5)
-        b.ellipse((s * 190, 658), (9, 9), bone=f"ulna_{side}", part=fore, uptake=0.5, depth=0.7, nominal=False)
-        b.ellipse((s * 210, 893), (16, 9), bone=f"radius_{side}", part=fore, uptake=0.55, depth=0.5, nominal=False)
+        b.ellipse((s * 190, 658), (9, 9), bone=f"ulna_{side}", part=fore, uptake=0.5, depth=0.7)
+        b.ellipse((s * 210, 893), (16, 9), bone=f"radius_{side}", part=fore, uptake=0.55, depth=0.5)
         b.ellipse((s * 206, 915), (22, 15), bone=f"wrist_{side}", part=fore, uptake=0.72, depth=0.5)
         for dx, finger_len in zip((-16, -7, 1, 9, 17), (50, 75, 80, 75, 60), strict=True):
             base, knuckle = (s * (206 + dx), 930), (s * (206 + 1.3 * dx), 985)
             tip = (s * (206 + 1.5 * dx), 985 + finger_len)
             b.capsule(base, knuckle, 7, bone=f"hand_{side}", part=fore, uptake=0.38, depth=0.5)
-            b.capsule(knuckle, tip, 6, bone=f"hand_{side}", part=fore, uptake=0.25, depth=0.5, nominal=False)
+            b.capsule(knuckle, tip, 6, bone=f"hand_{side}", part=fore, uptake=0.25, depth=0.5)
 
         # Leg: femur (head, neck, trochanters, shaft in two halves, condyles), patella, tibia, fibula, foot.
         leg = f"leg_{side}"
         b.ellipse((s * 92, 882), (23, 23), bone=f"femur_head_{side}", part=leg, uptake=0.8, depth=0.5)
         b.capsule((s * 92, 882), (s * 140, 905), 28, bone=f"femur_neck_{side}", part=leg, uptake=0.55, depth=0.5)
         b.ellipse((s * 150, 900), (18, 24), bone=f"trochanter_{side}", part=leg, uptake=0.75, depth=0.5)
-        b.ellipse((s * 118, 932), (9, 9), bone=f"trochanter_{side}", part=leg, uptake=0.5, depth=0.5, nominal=False)
+        b.ellipse((s * 118, 932), (9, 9), bone=f"trochanter_{side}", part=leg, uptake=0.5, depth=0.5)
         b.capsule((s * 138, 920), (s * 126, 1010), 26, bone=f"femur_upper_{side}", part=leg, uptake=0.38, depth=0.5)
         b.capsule((s * 126, 1010), (s * 102, 1200), 26, bone=f"femur_lower_{side}", part=leg, uptake=0.38, depth=0.5)
         b.ellipse((s * 100, 1228), (40, 24), bone=f"knee_{side}", part=leg, uptake=1.3, depth=0.5)
@@ -412,16 +407,16 @@ def reference_skeleton() -> SkeletonTemplate:
         b.ellipse((s * 100, 1210), (20, 23), bone=f"patella_{side}", part=leg, uptake=0.5, depth=0.05)
         b.capsule((s * 96, 1290), (s * 92, 1660), 24, bone=f"tibia_{side}", part=leg, uptake=0.38, depth=0.45)
         b.capsule((s * 130, 1300), (s * 118, 1672), 9, bone=f"fibula_{side}", part=leg, uptake=0.22, depth=0.55)
-        b.ellipse((s * 130, 1290), (10, 10), bone=f"fibula_{side}", part=leg, uptake=0.45, depth=0.55, nominal=False)
+        b.ellipse((s * 130, 1290), (10, 10), bone=f"fibula_{side}", part=leg, uptake=0.45, depth=0.55)
         b.ellipse((s * 90, 1676), (22, 14), bone=f"ankle_{side}", part=leg, uptake=0.72, depth=0.5)
-        b.ellipse((s * 116, 1686), (9, 14), bone=f"ankle_{side}", part=leg, uptake=0.6, depth=0.55, nominal=False)
+        b.ellipse((s * 116, 1686), (9, 14), bone=f"ankle_{side}", part=leg, uptake=0.6, depth=0.55)
         b.ellipse((s * 100, 1712), (34, 22), bone=f"foot_{side}", part=leg, uptake=0.7, depth=0.6)
-        b.ellipse((s * 100, 1740), (30, 12), bone=f"foot_{side}", part=leg, uptake=0.45, depth=0.4, nominal=False)
+        b.ellipse((s * 100, 1740), (30, 12), bone=f"foot_{side}", part=leg, uptake=0.45, depth=0.4)
 
     # Sternum (anterior): manubrium, body, xiphoid.
     b.polygon([(-25, 335), (25, 335), (16, 378), (-16, 378)], bone="sternum", part="trunk", uptake=0.6, depth=0.05)
-    b.capsule((0, 385), (0, 490), 26, bone="sternum", part="trunk", uptake=0.5, depth=0.05, nominal=False)
-    b.capsule((0, 495), (0, 515), 10, bone="sternum", part="trunk", uptake=0.4, depth=0.05, nominal=False)
+    b.capsule((0, 385), (0, 490), 26, bone="sternum", part="trunk", uptake=0.5, depth=0.05)
+    b.capsule((0, 495), (0, 515), 10, bone="sternum", part="trunk", uptake=0.4, depth=0.05)
 
     # Bladder (anterior pelvis) at unit filling; a patient's filling scales the "bladder" part about its base.
     b.ellipse((0, 864), (48, 36), bone="bladder", part="bladder", uptake=1.0, depth=0.3, kind=KIND_BLADDER,

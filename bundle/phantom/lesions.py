@@ -163,6 +163,7 @@ class Lesion:
 
     @property
     def axial(self) -> bool:
+        """On the axial skeleton (spine, ribs, pelvis, skull, sternum)."""
         return self.site in AXIAL_SITES
 
     @property
@@ -224,6 +225,7 @@ def mirror_bone(name: str) -> str:
 
 
 def bone_side(name: str) -> str:
+    """``R``, ``L`` or ``mid`` from a template bone name."""
     if name.startswith("rib_"):
         return name[4]
     return name[-1] if name[-2:] in ("_R", "_L") else "mid"
@@ -259,6 +261,7 @@ def sample_patient_profile(rng: np.random.Generator) -> PatientProfile:
 
 
 def _negative_binomial(rng: np.random.Generator, mean: float, dispersion: float) -> int:
+    """Over-dispersed count with the given mean (variance = mean + mean**2 / dispersion)."""
     return int(rng.negative_binomial(dispersion, dispersion / (dispersion + mean)))
 
 
@@ -268,10 +271,12 @@ def _negative_binomial(rng: np.random.Generator, mean: float, dispersion: float)
 
 
 def _lognormal(rng: np.random.Generator, median: float, sigma: float, lo: float, hi: float) -> float:
+    """Log-normal draw with the given median and log-SD, clipped to [lo, hi]."""
     return float(np.clip(median * math.exp(sigma * rng.standard_normal()), lo, hi))
 
 
 def _pick(rng: np.random.Generator, table: dict[str, float]) -> str:
+    """A key of ``table`` drawn with probability proportional to its value."""
     keys = list(table)
     p = np.array([table[k] for k in keys], float)
     return keys[int(rng.choice(len(keys), p=p / p.sum()))]
@@ -307,6 +312,7 @@ class _Scene:
 
     # -- anchoring on the template ------------------------------------------------------------------------------
     def _anchor(self, point_index: int) -> dict:
+        """Where a lesion sits if centred on template point ``point_index``: bone, part, centre, axis, depth, site."""
         t = self.template
         bone = t.bone_names[int(t.bone[point_index])]
         return {
@@ -320,10 +326,12 @@ class _Scene:
         }
 
     def random_point(self, bones: Sequence[str]) -> dict:
+        """Anchor on a random point of the given bones (larger bones are hit more often)."""
         idx = self.template.points_of(bones)
         return self._anchor(int(idx[self.rng.integers(len(idx))]))
 
     def nearest_point(self, bone: str, xy: Sequence[float]) -> dict:
+        """Anchor on the point of ``bone`` nearest to ``xy`` (reference mm)."""
         idx = self.template.points_of([bone])
         d = np.hypot(self.template.points[idx, 0] - xy[0], self.template.points[idx, 1] - xy[1])
         return self._anchor(int(idx[np.argmin(d)]))
@@ -342,6 +350,7 @@ class _Scene:
         return a
 
     def fits(self, group: Sequence[Lesion]) -> bool:
+        """True if the new lesions keep ``MIN_GAP_MM`` from each other, the placed lesions and whole-bone lesions."""
         for i, new in enumerate(group):
             others = list(self.lesions) + list(group[:i])
             for old in others:
@@ -361,6 +370,7 @@ class _Scene:
         return True
 
     def add(self, group: Sequence[Lesion]) -> bool:
+        """Place the group if it fits; returns whether it was placed."""
         if not group or not self.fits(group):
             return False
         self.lesions.extend(group)
@@ -371,6 +381,7 @@ class _Scene:
         return True
 
     def lesion(self, pattern: str, anchor: dict, **kw) -> Lesion:
+        """A :class:`Lesion` at ``anchor`` with the given features (``kw``) and random outline harmonics."""
         detail = kw.pop("site_detail", anchor.get("site_detail", anchor["bone"]))
         return Lesion(
             pattern=pattern,
@@ -388,6 +399,7 @@ class _Scene:
 
     # -- patterns -----------------------------------------------------------------------------------------------
     def metastasis(self, cold: bool = False) -> list[Lesion]:
+        """A metastasis: axial-predominant, often irregular or elongated, hot (or a cold lytic defect)."""
         rng, tumor = self.rng, self.profile.tumor_type
         site = _pick(rng, MET_SITES[tumor])
         margin = False
@@ -430,6 +442,7 @@ class _Scene:
         ]
 
     def _rib_anchor(self, k: int, side: str, u: float) -> dict:
+        """Anchor on rib ``k`` of ``side`` at fraction ``u`` of its length (0 = at the spine)."""
         curve = self.template.rib_curves[(side, k)]
         xy = curve[min(int(u * len(curve)), len(curve) - 1)]
         a = self.nearest_point(f"rib_{side}{k:02d}", xy)
@@ -437,6 +450,7 @@ class _Scene:
         return a
 
     def degenerative_joint(self) -> list[Lesion]:
+        """Degenerative change at a joint, often with the same joint of the other side."""
         rng = self.rng
         joint = _pick(
             rng,
@@ -462,6 +476,7 @@ class _Scene:
         return group
 
     def degenerative_spine(self) -> list[Lesion]:
+        """Degenerative change at the lateral margin of a vertebra (osteophyte/facet), sometimes on both margins."""
         rng = self.rng
         region = _pick(rng, {"lumbar": 0.65, "cervical": 0.2, "thoracic": 0.15})
         level = {
@@ -528,6 +543,7 @@ class _Scene:
         return group
 
     def rib_fracture(self) -> list[Lesion]:
+        """One small round, fairly hot rib focus (a single fracture)."""
         rng = self.rng
         anchor = self._rib_anchor(int(rng.integers(3, 12)), str(rng.choice(["R", "L"])), float(rng.uniform(0.05, 0.95)))
         return [
@@ -543,6 +559,7 @@ class _Scene:
         ]
 
     def post_traumatic(self) -> list[Lesion]:
+        """A post-traumatic or surgical focus on a limb bone, hand/foot or clavicle."""
         rng = self.rng
         site = _pick(rng, {"long_bone_shaft": 0.4, "hand_foot": 0.35, "clavicle": 0.15, "proximal_long_bone": 0.1})
         anchor = self.random_point(self.sites[site])
