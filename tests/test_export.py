@@ -1,0 +1,94 @@
+"""Export: ckpt_export with inference.yaml alone (TorchScript equals eager), verify_net_in_out, ONNX parity."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from bundle.nets import build_network
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+META = json.loads((REPO_ROOT / "configs" / "metadata.json").read_text())
+IMAGE_SPEC = META["network_data_format"]["inputs"]["image"]
+SHAPE = (IMAGE_SPEC["num_channels"], *IMAGE_SPEC["spatial_shape"])  # (2, 512, 256)
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    """Run ``python ARGS`` from the bundle root, as the Model Zoo CI does; output captured."""
+    return subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[torch.nn.Module, Path]:
+    """A seeded ResNet50 with BatchNorm statistics of real magnitude, and its plain state_dict file (model.pt)."""
+    torch.manual_seed(0)
+    net = build_network("resnet50")
+    for module in net.modules():  # running statistics away from (0, 1), as after training
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    path = tmp_path_factory.mktemp("models") / "model.pt"
+    torch.save(net.state_dict(), path)
+    return net.eval(), path
+
+
+def test_ckpt_export_with_inference_yaml_alone(trained, tmp_path):
+    """The Model Zoo CI command (with tmp paths): TorchScript output equals the eager model's."""
+    net, ckpt = trained
+    ts_file = tmp_path / "model.ts"
+    result = run(
+        "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(ts_file), "--ckpt_file", str(ckpt),
+        "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.yaml",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    scripted = torch.jit.load(ts_file)
+    x = torch.rand(3, *SHAPE, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x), rtol=1e-5, atol=1e-6)
+    names = zipfile.ZipFile(ts_file).namelist()
+    meta_name = next(n for n in names if n.endswith("extra/metadata.json"))
+    assert json.loads(zipfile.ZipFile(ts_file).read(meta_name))["version"] == META["version"]
+
+
+def test_verify_net_in_out():
+    result = run(
+        "-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json",
+        "--config_file", "configs/inference.yaml",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "verified with no error" in result.stdout + result.stderr
+
+
+def test_onnx_export_matches_pytorch(trained, tmp_path):
+    """scripts/export_onnx.py writes one ONNX file whose onnxruntime logits match PyTorch's within 1e-4."""
+    onnxruntime = pytest.importorskip("onnxruntime", reason="optional extra: pip install -e .[onnx]")
+    pytest.importorskip("onnxscript", reason="optional extra: pip install -e .[onnx]")
+    net, ckpt = trained
+    onnx_file = tmp_path / "model.onnx"
+    result = run("scripts/export_onnx.py", "--ckpt_file", str(ckpt), "--filepath", str(onnx_file))
+    assert result.returncode == 0, result.stderr[-2000:]
+    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image"]
+    for batch_size in (2,):  # the script checked batches 1 and 3 (dynamic batch)
+        x = torch.rand(batch_size, *SHAPE, generator=torch.Generator().manual_seed(batch_size))
+        with torch.no_grad():
+            expected = net(x).numpy()
+        got = session.run(["logits"], {"image": x.numpy()})[0]
+        assert got.shape == (batch_size, 2)
+        assert abs(got - expected).max() < 1e-4
+
+
+def test_large_files_lists_released_weights():
+    content = yaml.safe_load((REPO_ROOT / "large_files.yml").read_text())
+    entries = {e["path"]: e for e in content["large_files"]}
+    assert set(entries) == {"models/model.pt", "models/model.ts"}
+    for entry in entries.values():
+        assert set(entry) == {"path", "url", "hash_val", "hash_type"}
+        assert entry["url"].startswith("https://") and entry["hash_type"] == "md5"
