@@ -5,7 +5,8 @@
 - :func:`inference_items` turns a datalist (``image`` + ``mask`` per lesion; labels and folds not needed) or a
   folder of scans with their lesion masks into one item per lesion.
 - :func:`without_keys` drops the label transforms from train.yaml's deterministic preprocessing (no labels here),
-  so inference preprocesses exactly as training/evaluation did.
+  so inference preprocesses exactly as training/evaluation did; :class:`ScanCachedCompose` runs the scan's share
+  of it once per scan instead of once per lesion.
 - :class:`TolerantDataset` catches a failing item (a corrupt scan, a missing mask), records which file failed and
   why, and returns a placeholder so that the other lesions of the batch are still classified.
 - :class:`LesionResultWriter` writes ``lesions.csv`` (one row per lesion), ``scans.csv`` (one row per scan: number
@@ -15,11 +16,13 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 from monai.data import Dataset
-from monai.transforms import MapTransform
+from monai.transforms import Compose, MapTransform, Randomizable
 from monai.utils import ensure_tuple
 
 from bundle.io import atomic_write_text
@@ -178,6 +181,89 @@ def without_keys(transforms: Iterable[Callable], keys: Sequence[str] = ("label",
     """
     drop = set(keys)
     return [t for t in transforms if not (isinstance(t, MapTransform) and set(t.keys) <= drop)]
+
+
+class ScanCachedCompose(Compose):
+    """``Compose`` for lesion items that runs the scan's share of the preprocessing once per scan.
+
+    A scan has several lesions, and its preprocessing (load, scale, resize) is the same for each of them. The
+    leading transforms that act on each key on its own (dictionary transforms up to the first that is random,
+    combines keys into a new one, like ``ConcatItemsd``, or is not a ``MapTransform``) run on ``scan_key`` alone,
+    cached per scan path (the last ``cache_size`` scans), and on the other keys per lesion; the remaining
+    transforms run per lesion on the merged item. The result is the same as ``Compose(transforms)``: the first
+    item each process sees is also run through the plain chain, and caching is switched off (with a warning) if
+    the two differ.
+
+    Args:
+        transforms: deterministic dictionary transforms (train.yaml's, without the label's).
+        scan_key: key of the scan path in the items (its output keeps the name).
+        cache_size: number of preprocessed scans kept per process.
+    """
+
+    def __init__(self, transforms: Sequence[Callable], scan_key: str = "image", cache_size: int = 8) -> None:
+        super().__init__(transforms)
+        self.scan_key = scan_key
+        self.cache_size = cache_size
+        split = 0
+        for t in self.transforms:
+            if not isinstance(t, MapTransform) or isinstance(t, Randomizable) or hasattr(t, "name"):
+                break
+            if hasattr(t, "names"):
+                break
+            split += 1
+        self.per_key = [copy.copy(t) for t in self.transforms[:split]]
+        for t in self.per_key:
+            t.allow_missing_keys = True  # each copy runs on the scan alone or on the lesion keys alone
+        self.rest = list(self.transforms[split:])
+        self.enabled = split > 0
+        self._verified = False
+        self._cache: OrderedDict[str, Any] = OrderedDict()
+
+    def _scan_part(self, scan: str) -> Any:
+        if scan in self._cache:
+            self._cache.move_to_end(scan)
+            return self._cache[scan]
+        out = {self.scan_key: scan}
+        for t in self.per_key:
+            out = t(out)
+        self._cache[scan] = out[self.scan_key]
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return out[self.scan_key]
+
+    def _cached_call(self, data: Mapping[Hashable, Any]) -> Any:
+        lesion = {k: v for k, v in data.items() if k != self.scan_key}
+        for t in self.per_key:
+            lesion = t(lesion)
+        scan = self._scan_part(str(data[self.scan_key]))
+        out: Any = {**lesion, self.scan_key: scan.clone() if isinstance(scan, torch.Tensor) else copy.deepcopy(scan)}
+        for t in self.rest:
+            out = t(out)
+        return out
+
+    def __call__(self, data: Mapping[Hashable, Any], *args: Any, **kwargs: Any) -> Any:
+        if not self.enabled:
+            return super().__call__(data, *args, **kwargs)
+        if self._verified:
+            return self._cached_call(data)
+        plain = super().__call__(dict(data))  # a file that fails to load raises here, before any verdict
+        try:
+            cached = self._cached_call(data)
+            same = plain.keys() == cached.keys() and all(_equal(plain[k], cached[k]) for k in plain)
+        except Exception:  # e.g. a transform that needs another key
+            same = False
+        if not same:
+            logger.warning("per-scan caching changes the preprocessing output: switched off")
+            self.enabled = False
+            self._cache.clear()
+        self._verified = True
+        return plain
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and bool(torch.equal(torch.as_tensor(a), torch.as_tensor(b)))
+    return type(a) is type(b) and (a == b if not hasattr(a, "shape") else bool((a == b).all()))
 
 
 def root_cause(err: BaseException) -> str:

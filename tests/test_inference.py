@@ -14,10 +14,11 @@ import pytest
 import torch
 from ignite.engine import Engine
 from monai.bundle import ConfigParser, create_workflow
-from monai.transforms import Compose, LoadImaged
+from monai.transforms import Compose, LoadImaged, MapTransform
 
 from bundle.inference import (
     LesionResultWriter,
+    ScanCachedCompose,
     TolerantDataset,
     exit_on_failures,
     inference_items,
@@ -266,3 +267,55 @@ def test_writer_summaries_and_exit(tmp_path):
     assert read_csv(tmp_path / "failed.csv")[0]["failed_file"] == "A.nii"
     with pytest.raises(SystemExit):
         exit_on_failures(engine)
+
+
+class _AddMask(MapTransform):
+    """A transform that reads another key: not per-key, so it must not be cached per scan."""
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = d[key] + d["mask"]
+        return d
+
+
+def _scan_items(tmp_path, n_scans=2, lesions=3):
+    import nibabel as nib
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    items = []
+    for s in range(n_scans):
+        scan = tmp_path / f"S{s}.nii.gz"
+        nib.save(nib.Nifti1Image(rng.poisson(5, (32, 16)).astype(np.int16), np.eye(4)), scan)
+        for k in range(lesions):
+            mask = np.zeros((32, 16), np.uint8)
+            mask[2 * k : 2 * k + 3, 4:8] = 1
+            path = tmp_path / f"S{s}_L{k}.nii.gz"
+            nib.save(nib.Nifti1Image(mask, np.eye(4)), path)
+            items.append({"image": str(scan), "mask": str(path), "lesion_id": f"S{s}_L{k}"})
+    return items
+
+
+def test_scan_cached_compose_equals_compose(tmp_path):
+    from monai.transforms import ConcatItemsd, EnsureChannelFirstd, Resized, ScaleIntensityRangePercentilesd
+
+    transforms = [
+        LoadImaged(keys=["image", "mask"], image_only=True),
+        EnsureChannelFirstd(keys=["image", "mask"], channel_dim="no_channel"),
+        ScaleIntensityRangePercentilesd(keys="image", lower=0, upper=99, b_min=0, b_max=1),
+        Resized(keys=["image", "mask"], spatial_size=(16, 8), mode="area"),
+        ConcatItemsd(keys=["image", "mask"], name="image"),
+    ]
+    items = _scan_items(tmp_path)
+    cached = ScanCachedCompose(transforms, cache_size=1)
+    assert len(cached.per_key) == 4  # up to ConcatItemsd
+    for item in items:
+        out, expected = cached(dict(item)), Compose(transforms)(dict(item))
+        assert torch.equal(out["image"], expected["image"]) and out["lesion_id"] == item["lesion_id"]
+    assert cached.enabled and len(cached._cache) == 1
+
+    joint = ScanCachedCompose([*transforms[:2], _AddMask(keys="image"), *transforms[3:]])
+    out, expected = joint(dict(items[0])), Compose(joint.transforms)(dict(items[0]))
+    assert not joint.enabled  # verification on the first item found the difference
+    assert torch.equal(out["image"], expected["image"])
