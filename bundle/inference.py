@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import os
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -138,23 +139,76 @@ def _check_unique(items: list[dict[str, str]], source: str) -> list[dict[str, st
     return items
 
 
-def items_from_folder(dataset_dir: str | os.PathLike) -> list[dict[str, str]]:
-    """One item per lesion from a folder of scans with their lesion masks (see ``bundle.datalist build``).
+def _collect_unlabelled(root: Path, reader: Any) -> tuple[list[dict], list[Exception]]:
+    """Entries of a folder whose masks are not sorted by label: ``masks/<scan>_<lesion>.<ext>``,
+    ``masks/<scan>.<ext>`` (a label image or SEG: one lesion per value/segment) or ``masks/<scan>/<lesion>.<ext>``.
+
+    Matching and label-image expansion are :mod:`bundle.datalist`'s (the same rules as ``collect_folder``).
+    """
+    from bundle import datalist as dl
+
+    problems: list[Exception] = []
+    scan_dir = next((root / d for d in dl.SCAN_FOLDERS if (root / d).is_dir()), None)
+    mask_root = root / "masks"
+    if scan_dir is None or not mask_root.is_dir():
+        raise ValueError(
+            f"{root}: no datalist.json, and no images/ (or scans/) and masks/ folders; see docs/inference.md"
+        )
+    scans = {dl._stem(q.name): q for q in sorted(scan_dir.iterdir()) if not q.name.startswith(".")}
+    entries = []
+    for mask in sorted(q for q in mask_root.rglob("*") if q.is_file() and not q.name.startswith(".")):
+        relative = dl._stem(dl._rel(mask, mask_root))
+        matches = [n for n in scans if relative == n or re.match(re.escape(n) + r"[_\-./]", relative)]
+        if not matches:
+            problems.append(
+                dl.BuildError(mask, f"belongs to no scan of {scan_dir.name}/", "name it <scan>_<lesion>.<ext>")
+            )
+            continue
+        scan = max(matches, key=len)
+        prefix = relative.replace("/", "_")
+        for mask_path, lesion_id in dl._expand_masks(dl._rel(mask, root), root, prefix, reader, problems):
+            entries.append({"image": dl._rel(scans[scan], root), "mask": mask_path, "lesion_id": lesion_id})
+    return entries, problems
+
+
+def items_from_folder(dataset_dir: str | os.PathLike, reader: Any = None) -> list[dict[str, str]]:
+    """One item per lesion from a folder of scans with their lesion masks (no datalist needed).
+
+    Layouts (``docs/inference.md``): ``images/<scan>.<ext>`` (or ``scans/``) with either unlabelled masks
+    (``masks/<scan>_<lesion>.<ext>``; ``masks/<scan>.<ext>`` as a label image with one value per lesion) or the
+    training layout ``masks/benign|malignant/...`` of ``python -m bundle.datalist build`` (labels are ignored).
 
     Raises:
-        ValueError: when the folder holds no scan with a lesion mask.
+        ValueError: when the folder has neither layout, or a mask belongs to no scan.
     """
-    from bundle import datalist as datalist_module
+    from bundle import datalist as dl
+    from bundle.readers import WholeBodyScanReader
 
-    build = getattr(datalist_module, "scan_folder", None)
-    if build is None:
-        raise ValueError(
-            f"{dataset_dir}: no datalist.json; write one (image + mask per lesion) and pass --datalist PATH"
-        )
-    entries = build(dataset_dir)
-    if not entries:
-        raise ValueError(f"{dataset_dir}: no scans with lesion masks found")
-    return _check_unique([_lesion_item(e, dataset_dir, f"{dataset_dir}") for e in entries], str(dataset_dir))
+    root = Path(dataset_dir)
+    reader = reader if reader is not None else WholeBodyScanReader()
+    labelled = any((root / "masks" / name).is_dir() for name in dl.LABEL_FOLDERS)
+    if labelled:
+        entries, problems, notes = dl.collect_folder(root, reader)
+        for note in notes:
+            logger.info(note)
+    else:
+        entries, problems = _collect_unlabelled(root, reader)
+    layout = [p for p in problems if isinstance(p, dl.BuildError)]
+    if layout:
+        raise ValueError(f"{root}: " + "; ".join(str(p) for p in layout))
+    items = [_lesion_item(e, root, str(root)) for e in entries]
+    for problem in problems:  # an unreadable mask file: reported as failed (and the run exits 1) by the writer
+        path = str(getattr(problem, "path", "") or "")
+        name = Path(path).name.split(".")[0] or "unknown"
+        items.append(
+            {
+                "image": "", "mask": path, "scan": "", "mask_file": os.path.relpath(path, root) if path else "",
+                "patient_id": "", "lesion_id": f"{name} (unreadable mask)", ERROR_KEY: str(problem),
+            }
+        )  # fmt: skip
+    if not items:
+        raise ValueError(f"{root}: no scans with lesion masks found")
+    return _check_unique(items, str(root))
 
 
 def inference_items(dataset_dir: str | os.PathLike, datalist: str | os.PathLike | None = None) -> list[dict[str, str]]:
@@ -280,7 +334,8 @@ class TolerantDataset(Dataset):
     Each item is returned as ``{"image": tensor of placeholder_shape, "error": "", "failed_file": "", *meta_keys}``;
     when ``transform`` raises (a corrupt or missing file), ``image`` is zeros of ``placeholder_shape``, ``error``
     says why and ``failed_file`` which file failed, so the batch still collates and the other lesions are still
-    classified. :class:`LesionResultWriter` reports such items and leaves them out of the results.
+    classified. Items that arrive with an ``error`` (found unusable while listing a folder) come back the same
+    way. :class:`LesionResultWriter` reports such items and leaves them out of the results.
 
     Args:
         data: the items (see :func:`inference_items`).
@@ -307,6 +362,9 @@ class TolerantDataset(Dataset):
     def _transform(self, index: int) -> dict[str, Any]:
         item = self.data[index]
         meta = {k: str(item.get(k, "")) for k in self.meta_keys}
+        if item.get(ERROR_KEY):  # found unusable before loading (e.g. while listing a folder)
+            placeholder = torch.zeros(self.placeholder_shape)
+            return {"image": placeholder, ERROR_KEY: str(item[ERROR_KEY]), FAILED_FILE_KEY: str(item["mask"]), **meta}
         try:
             out = super()._transform(index)
             image = torch.as_tensor(out["image"])

@@ -319,3 +319,79 @@ def test_scan_cached_compose_equals_compose(tmp_path):
     out, expected = joint(dict(items[0])), Compose(joint.transforms)(dict(items[0]))
     assert not joint.enabled  # verification on the first item found the difference
     assert torch.equal(out["image"], expected["image"])
+
+
+def _folder_without_datalist(phantom: Path, tmp_path: Path) -> tuple[Path, list[dict]]:
+    """The phantom's scans and masks, no datalist.json; the first scan's lesions as one label image (value k =
+    its k-th lesion). Returns the folder and the phantom's datalist entries."""
+    import nibabel as nib
+    import numpy as np
+
+    entries = json.loads((phantom / "datalist.json").read_text())["training"]
+    folder = tmp_path / "scans"
+    shutil.copytree(phantom / "images", folder / "images")
+    shutil.copytree(phantom / "masks", folder / "masks")
+    first = entries[0]["image"]
+    lesions = [e for e in entries if e["image"] == first]
+    label_image = None
+    for k, entry in enumerate(lesions, start=1):
+        mask = np.asanyarray(nib.load(folder / entry["mask"]).dataobj)
+        label_image = np.zeros(mask.shape, np.uint8) if label_image is None else label_image
+        label_image[mask > 0] = k
+        (folder / entry["mask"]).unlink()
+    nib.save(nib.Nifti1Image(label_image, np.eye(4)), folder / "masks" / Path(first).name)
+    return folder, entries
+
+
+def test_folder_input_equals_datalist_input(phantom, tmp_path, monkeypatch):
+    """A folder of scans and masks (one scan's lesions as one label image) gives the datalist's preprocessed items."""
+    folder, entries = _folder_without_datalist(phantom, tmp_path)
+    (folder / "masks" / "P99999_L01.nii.gz").write_text("no scan of this name")
+    with pytest.raises(ValueError, match="belongs to no scan"):
+        inference_items(folder)
+    (folder / "masks" / "P99999_L01.nii.gz").unlink()
+    broken = next(folder.glob("masks/*_L02.nii.gz"))
+    broken.write_text("not an image")
+
+    items = inference_items(folder)
+    by_mask = {i["mask_file"]: i for i in items}
+    first_scan = entries[0]["image"]
+    label_image = f"masks/{Path(first_scan).name}"
+    expected_masks = {e["mask"] for e in entries if e["image"] != first_scan}
+    expected_masks |= {f"{label_image}#{k}" for k in range(1, sum(e["image"] == first_scan for e in entries) + 1)}
+    assert set(by_mask) == expected_masks
+    assert by_mask[broken.relative_to(folder).as_posix()]["error"]  # reported, not raised
+
+    monkeypatch.chdir(REPO_ROOT)
+    parser = ConfigParser()
+    parser.read_config("configs/inference.yaml")
+    parser.read_meta("configs/metadata.json")
+    parser.update({"dataset_dir": str(folder), "spatial_size": [64, 32]})
+    dataset = parser.get_parsed_content("dataset")
+    reference = TolerantDataset(
+        items_from_datalist(phantom / "datalist.json", phantom), dataset.transform, dataset.placeholder_shape
+    )
+    ref = {r["mask_file"]: r for r in (reference[i] for i in range(len(reference)))}
+    label_lesions = [e["mask"] for e in entries if e["image"] == first_scan]
+    for index in range(len(dataset)):
+        got = dataset[index]
+        if got["error"]:
+            assert got["failed_file"] == str(broken)
+            continue
+        name = got["mask_file"]
+        original = label_lesions[int(name.rsplit("#", 1)[1]) - 1] if "#" in name else name
+        assert torch.equal(got["image"], ref[original]["image"]), name
+
+
+def test_folder_input_in_the_training_layout(phantom, tmp_path):
+    """masks/benign|malignant (python -m bundle.datalist build's layout): labels are ignored, lesions found."""
+    entries = json.loads((phantom / "datalist.json").read_text())["training"]
+    folder = tmp_path / "labelled"
+    shutil.copytree(phantom / "images", folder / "images")
+    for e in entries:
+        target = folder / "masks" / ("malignant" if e["label"] else "benign") / Path(e["mask"]).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(phantom / e["mask"], target)
+    items = inference_items(folder)
+    assert sorted(Path(i["mask"]).name for i in items) == sorted(Path(e["mask"]).name for e in entries)
+    assert all(os.path.isfile(i["image"]) for i in items)
