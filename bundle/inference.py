@@ -74,18 +74,26 @@ def _resolve(path: str, dataset_dir: str | os.PathLike) -> str:
     return path if os.path.isabs(path) else os.path.join(dataset_dir, path)
 
 
-def _lesion_item(entry: Mapping[str, Any], dataset_dir: str | os.PathLike, where: str) -> dict[str, str]:
-    for key in ("image", "mask"):
-        if not isinstance(entry.get(key), str) or not entry[key]:
-            raise ValueError(f"{where}: needs an {key!r} path (got {entry.get(key)!r})")
-    image, mask = str(entry["image"]), str(entry["mask"])
-    scan_stem = Path(image.split("#")[0]).name.split(".")[0]
+def _lesion_item(entry: Mapping[str, Any], dataset_dir: str | os.PathLike, where: str) -> dict[str, Any]:
+    """An item of :func:`inference_items` from a datalist entry (``image`` may be a list of two single-view files)."""
+    image, mask = entry.get("image"), entry.get("mask")
+    if isinstance(image, (list, tuple)) and image and all(isinstance(i, str) and i for i in image):
+        resolved_image: str | list[str] = [_resolve(i, dataset_dir) for i in image]
+        scan = " + ".join(image)
+        first = image[0]
+    elif isinstance(image, str) and image:
+        resolved_image, scan, first = _resolve(image, dataset_dir), image, image
+    else:
+        raise ValueError(f"{where}: needs an 'image' path (got {image!r})")
+    if not isinstance(mask, str) or not mask:
+        raise ValueError(f"{where}: needs a 'mask' path (got {mask!r})")
+    scan_stem = Path(first.rstrip("/")).name.split(".")[0]
     mask_name = Path(mask).name
     mask_stem = mask_name.split(".")[0] + (f"_{mask_name.rsplit('#', 1)[1]}" if "#" in mask_name else "")
     return {
-        "image": _resolve(image, dataset_dir),
+        "image": resolved_image,
         "mask": _resolve(mask, dataset_dir),
-        "scan": image,
+        "scan": scan,
         "mask_file": mask,
         "patient_id": str(entry.get("patient_id") or scan_stem),
         "lesion_id": str(entry.get("lesion_id") or mask_stem),
@@ -94,7 +102,7 @@ def _lesion_item(entry: Mapping[str, Any], dataset_dir: str | os.PathLike, where
 
 def items_from_datalist(
     datalist: str | os.PathLike, dataset_dir: str | os.PathLike, keys: Sequence[str] = ("training", "testing")
-) -> list[dict[str, str]]:
+) -> list[dict[str, Any]]:
     """One item per lesion from a datalist JSON (``{"training": [{"image": ..., "mask": ...}, ...]}``).
 
     Only ``image`` (the scan) and ``mask`` (that lesion's mask, or ``labels.nii.gz#N`` for value ``N`` of a label
@@ -129,7 +137,7 @@ def items_from_datalist(
     return _check_unique(items, str(path))
 
 
-def _check_unique(items: list[dict[str, str]], source: str) -> list[dict[str, str]]:
+def _check_unique(items: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
     seen: dict[str, int] = {}
     for item in items:
         seen[item["lesion_id"]] = seen.get(item["lesion_id"], 0) + 1
@@ -171,7 +179,7 @@ def _collect_unlabelled(root: Path, reader: Any) -> tuple[list[dict], list[Excep
     return entries, problems
 
 
-def items_from_folder(dataset_dir: str | os.PathLike, reader: Any = None) -> list[dict[str, str]]:
+def items_from_folder(dataset_dir: str | os.PathLike, reader: Any = None) -> list[dict[str, Any]]:
     """One item per lesion from a folder of scans with their lesion masks (no datalist needed).
 
     Layouts (``docs/inference.md``): ``images/<scan>.<ext>`` (or ``scans/``) with either unlabelled masks
@@ -211,7 +219,7 @@ def items_from_folder(dataset_dir: str | os.PathLike, reader: Any = None) -> lis
     return _check_unique(items, str(root))
 
 
-def inference_items(dataset_dir: str | os.PathLike, datalist: str | os.PathLike | None = None) -> list[dict[str, str]]:
+def inference_items(dataset_dir: str | os.PathLike, datalist: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """Lesion items for inference: from ``datalist`` if given, else ``dataset_dir/datalist.json`` if present, else
     from the scans and masks found in ``dataset_dir`` (:func:`items_from_folder`).
 
@@ -273,14 +281,15 @@ class ScanCachedCompose(Compose):
         self._verified = False
         self._cache: OrderedDict[str, Any] = OrderedDict()
 
-    def _scan_part(self, scan: str) -> Any:
-        if scan in self._cache:
-            self._cache.move_to_end(scan)
-            return self._cache[scan]
+    def _scan_part(self, scan: Any) -> Any:
+        key = str(scan)  # a path, or a list of two single-view files
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
         out = {self.scan_key: scan}
         for t in self.per_key:
             out = t(out)
-        self._cache[scan] = out[self.scan_key]
+        self._cache[key] = out[self.scan_key]
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return out[self.scan_key]
@@ -289,7 +298,7 @@ class ScanCachedCompose(Compose):
         lesion = {k: v for k, v in data.items() if k != self.scan_key}
         for t in self.per_key:
             lesion = t(lesion)
-        scan = self._scan_part(str(data[self.scan_key]))
+        scan = self._scan_part(data[self.scan_key])
         out: Any = {**lesion, self.scan_key: scan.clone() if isinstance(scan, torch.Tensor) else copy.deepcopy(scan)}
         for t in self.rest:
             out = t(out)
@@ -386,16 +395,16 @@ class TolerantDataset(Dataset):
         transforms = getattr(self.transform, "transforms", ())
         loader = transforms[0] if transforms else None
         for key in self.file_keys:
-            path = str(item.get(key, ""))
-            if not path:
-                continue
-            if not os.path.exists(path.split("#")[0]):
-                return path
-            if loader is not None:
+            value = item.get(key) or ""
+            paths = [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+            missing = [p for p in paths if p and not os.path.exists(p.split("#")[0])]
+            if missing:
+                return missing[0]
+            if loader is not None and any(paths):
                 try:
-                    loader({**item, **dict.fromkeys(self.file_keys, path)})
+                    loader({**item, **dict.fromkeys(self.file_keys, value)})
                 except Exception:
-                    return path
+                    return " + ".join(paths)
         return ""
 
 

@@ -192,6 +192,7 @@ def test_items_from_datalist_defaults_and_errors(tmp_path):
     entries = [
         {"image": "a/S1.nii.gz", "mask": "m/S1_L1.nii.gz"},
         {"image": "/x/S2.nii", "mask": "/x/lab.nii.gz#3", "lesion_id": "Z"},
+        {"image": ["d/S3_ant.dcm", "d/S3_post.dcm"], "mask": "m/S3_L1.png"},  # two single-view files
     ]
     (tmp_path / "l.json").write_text(json.dumps({"training": entries}))
     items = items_from_datalist(tmp_path / "l.json", tmp_path)
@@ -204,6 +205,8 @@ def test_items_from_datalist_defaults_and_errors(tmp_path):
         "lesion_id": "S1_L1",
     }
     assert items[1]["image"] == "/x/S2.nii" and items[1]["lesion_id"] == "Z" and items[1]["patient_id"] == "S2"
+    assert items[2]["image"] == [str(tmp_path / "d/S3_ant.dcm"), str(tmp_path / "d/S3_post.dcm")]
+    assert items[2]["scan"] == "d/S3_ant.dcm + d/S3_post.dcm" and items[2]["lesion_id"] == "S3_L1"
     assert inference_items(tmp_path, tmp_path / "l.json") == items
 
     (tmp_path / "dup.json").write_text(json.dumps({"training": [{"image": "a", "mask": "m.nii"}] * 2}))
