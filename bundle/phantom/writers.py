@@ -20,6 +20,7 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 
+from bundle import dicom_nm
 from bundle.phantom.scan import PhantomScan
 
 PNG_COMPRESS_LEVEL = 1
@@ -77,6 +78,12 @@ WRITERS: dict[str, ScanWriter] = {
         ".nii.gz", _nifti_image, _nifti_mask, "NIfTI-1, gzip: scan int16 counts, masks uint8 0/1, affine = identity"
     ),
     "png": ScanWriter(".png", _png_image, _png_mask, "PNG: scan 16-bit grey counts, masks 8-bit 0/1"),
+    "dicom": ScanWriter(
+        ".dcm",
+        dicom_nm.write_phantom_image,
+        dicom_nm.write_phantom_mask,
+        "DICOM: 2-frame NM whole-body scan (ANT/POST view codes) + one DICOM SEG per lesion",
+    ),
 }
 
 
