@@ -12,6 +12,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 EXPECTED = {
     ("data", "preprocess one lesion (uncached)"),
+    ("data", "preprocess one lesion (inference)"),
     ("data", "training data pipeline"),
     ("train", "plain PyTorch loop"),
     ("train", "bundle SupervisedTrainer"),
