@@ -24,7 +24,7 @@ import json
 import os
 import re
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -386,6 +386,39 @@ def _dicom_patient_id(path: Path) -> str | None:
     return None
 
 
+def scans_in(scan_dir: Path) -> dict[str, Path]:
+    """The scans of a folder by name (file name without extensions; a sub-folder is a two-file DICOM scan)."""
+    return {
+        _stem(p.name): p for p in sorted(scan_dir.iterdir()) if not p.name.startswith(".") and p.name != "Thumbs.db"
+    }
+
+
+def lesion_masks(
+    root: Path, mask_dir: Path, scans: dict[str, Path], reader: Any, problems: list[DataError]
+) -> Iterator[tuple[str, str, str]]:
+    """``(scan name, mask path relative to root, lesion id)`` for every lesion mask under ``mask_dir``.
+
+    A mask belongs to the scan whose name starts its path (followed by ``_``, ``-``, ``.`` or ``/``); a label image
+    or multi-segment SEG gives one lesion per value. A mask of no scan is added to ``problems``.
+    """
+    for mask in sorted(p for p in mask_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        relative = _stem(_rel(mask, mask_dir))
+        matches = [s for s in scans if relative == s or re.match(re.escape(s) + r"[_\-./]", relative)]
+        if not matches:
+            problems.append(
+                BuildError(
+                    mask,
+                    "belongs to no scan (its name must start with a scan's name + '_')",
+                    "rename the mask, e.g. <scan>_L1.nii.gz, or put it in a sub-folder named after its scan",
+                )
+            )
+            continue
+        scan = max(matches, key=len)
+        prefix = relative.replace("/", "_")
+        for mask_path, lesion_id in _expand_masks(_rel(mask, root), root, prefix, reader, problems):
+            yield scan, mask_path, lesion_id
+
+
 def collect_folder(root: str | os.PathLike, reader: Any = None) -> tuple[list[dict], list[DataError], list[str]]:
     """Datalist entries (without folds) from a folder laid out as ``docs/data.md`` describes.
 
@@ -416,9 +449,7 @@ def collect_folder(root: str | os.PathLike, reader: Any = None) -> tuple[list[di
             [BuildError(root, "no images/ (or scans/) folder of scans", "lay the folder out as in docs/data.md")],
             [],
         )
-    scans = {
-        _stem(p.name): p for p in sorted(scan_dir.iterdir()) if not p.name.startswith(".") and p.name != "Thumbs.db"
-    }
+    scans = scans_in(scan_dir)
     patients_csv = root / "patients.csv"
     patients = _read_patients_csv(patients_csv, problems) if patients_csv.is_file() else {}
     mask_root = root / "masks"
@@ -434,37 +465,23 @@ def collect_folder(root: str | os.PathLike, reader: Any = None) -> tuple[list[di
         if label is None:
             problems.append(BuildError(label_dir, "unknown label folder", "name it benign or malignant (or 0 or 1)"))
             continue
-        for mask in sorted(p for p in label_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
-            relative = _stem(_rel(mask, label_dir))
-            matches = [s for s in scans if relative == s or re.match(re.escape(s) + r"[_\-./]", relative)]
-            if not matches:
-                problems.append(
-                    BuildError(
-                        mask,
-                        f"belongs to no scan of {scan_dir.name}/ (its name must start with a scan's name + '_')",
-                        "rename the mask, e.g. <scan>_L1.nii.gz, or put it in a sub-folder named after its scan",
-                    )
-                )
-                continue
-            scan = max(matches, key=len)
+        for scan, mask_path, lesion_id in lesion_masks(root, label_dir, scans, reader, problems):
             info = patients.get(scan, {})
             patient = info.get("patient_id") or None
             if patient is None and _sniff_dicom(scans[scan]):
                 patient = _dicom_patient_id(scans[scan])
             if patient is None:
                 patient, from_names = scan, from_names + 1
-            prefix = relative.replace("/", "_")
-            for mask_path, lesion_id in _expand_masks(_rel(mask, root), root, prefix, reader, problems):
-                entries.append(
-                    {
-                        "image": _rel(scans[scan], root),
-                        "mask": mask_path,
-                        "label": label,
-                        "patient_id": patient,
-                        "lesion_id": lesion_id,
-                        "tumor_type": info.get("tumor_type") or "unknown",
-                    }
-                )
+            entries.append(
+                {
+                    "image": _rel(scans[scan], root),
+                    "mask": mask_path,
+                    "label": label,
+                    "patient_id": patient,
+                    "lesion_id": lesion_id,
+                    "tumor_type": info.get("tumor_type") or "unknown",
+                }
+            )
     if from_names:
         notes.append(
             f"{from_names} lesion(s) take their patient id from the scan name (no patients.csv row, no DICOM "

@@ -172,7 +172,7 @@ class LesionPredictionWriter:
             f"{k}={metrics[k]:.3f}" for k in ("auc", "sensitivity", "specificity", "accuracy", "ppv", "npv")
         )
         logger.info(f"{metrics['n']} lesions: {summary}")
-        logger.info(f"predictions written to {predictions_path}; metrics to {metrics_path}")
+        logger.info(f"predictions written to {predictions_path.resolve()}; metrics to {metrics_path.resolve()}")
 
 
 def model_selection_note(checkpoint: str | os.PathLike) -> str:

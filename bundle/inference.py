@@ -22,7 +22,6 @@ import io
 import json
 import logging
 import os
-import re
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -162,20 +161,11 @@ def _collect_unlabelled(root: Path, reader: Any) -> tuple[list[dict], list[Excep
         raise ValueError(
             f"{root}: no datalist.json, and no images/ (or scans/) and masks/ folders; see docs/inference.md"
         )
-    scans = {dl._stem(q.name): q for q in sorted(scan_dir.iterdir()) if not q.name.startswith(".")}
-    entries = []
-    for mask in sorted(q for q in mask_root.rglob("*") if q.is_file() and not q.name.startswith(".")):
-        relative = dl._stem(dl._rel(mask, mask_root))
-        matches = [n for n in scans if relative == n or re.match(re.escape(n) + r"[_\-./]", relative)]
-        if not matches:
-            problems.append(
-                dl.BuildError(mask, f"belongs to no scan of {scan_dir.name}/", "name it <scan>_<lesion>.<ext>")
-            )
-            continue
-        scan = max(matches, key=len)
-        prefix = relative.replace("/", "_")
-        for mask_path, lesion_id in dl._expand_masks(dl._rel(mask, root), root, prefix, reader, problems):
-            entries.append({"image": dl._rel(scans[scan], root), "mask": mask_path, "lesion_id": lesion_id})
+    scans = dl.scans_in(scan_dir)
+    entries = [
+        {"image": dl._rel(scans[scan], root), "mask": mask_path, "lesion_id": lesion_id}
+        for scan, mask_path, lesion_id in dl.lesion_masks(root, mask_root, scans, reader, problems)
+    ]
     return entries, problems
 
 

@@ -57,3 +57,20 @@ def evaluate_tiny(dataset_dir: Path, output_dir: Path, *extra: str, check: bool 
         "run", "evaluating", "--config_file", "['configs/train.yaml','configs/evaluate.yaml']",
         "--dataset_dir", str(dataset_dir), "--output_dir", str(output_dir), *TINY_OVERRIDES, *extra, check=check,
     )  # fmt: skip
+
+
+def save_seeded_resnet50(path: Path):
+    """Save (and return, in eval mode) a seeded ResNet50 whose BatchNorm statistics are away from (0, 1), as after
+    training, as a plain state_dict (Model Zoo ``models/model.pt``)."""
+    import torch
+
+    from bundle.nets import build_network
+
+    torch.manual_seed(0)
+    net = build_network("resnet50")
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    torch.save(net.state_dict(), path)
+    return net.eval()

@@ -6,9 +6,8 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from .conftest import REPO_ROOT
 
 EXPECTED = {
     ("data", "preprocess one lesion (uncached)"),

@@ -17,7 +17,8 @@ from PIL import Image
 from bundle.datalist import build_datalist, main
 from bundle.dicom_nm import split_views, write_nm_whole_body, write_seg
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from .conftest import REPO_ROOT
+
 H, W = 32, 32
 
 

@@ -12,9 +12,8 @@ import pytest
 import torch
 import yaml
 
-from bundle.nets import build_network
+from .conftest import REPO_ROOT, save_seeded_resnet50
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 META = json.loads((REPO_ROOT / "configs" / "metadata.json").read_text())
 IMAGE_SPEC = META["network_data_format"]["inputs"]["image"]
 SHAPE = (IMAGE_SPEC["num_channels"], *IMAGE_SPEC["spatial_shape"])  # (2, 512, 256)
@@ -28,15 +27,9 @@ def run(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[torch.nn.Module, Path]:
     """A seeded ResNet50 with BatchNorm statistics of real magnitude, and its plain state_dict file (model.pt)."""
-    torch.manual_seed(0)
-    net = build_network("resnet50")
-    for module in net.modules():  # running statistics away from (0, 1), as after training
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
     path = tmp_path_factory.mktemp("models") / "model.pt"
-    torch.save(net.state_dict(), path)
-    return net.eval(), path
+    net = save_seeded_resnet50(path)
+    return net, path
 
 
 def test_ckpt_export_with_inference_yaml_alone(trained, tmp_path):

@@ -25,10 +25,10 @@ from bundle.inference import (
     items_from_datalist,
     without_keys,
 )
-from bundle.nets import build_network
 from bundle.transforms import OneHotLabeld
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from .conftest import REPO_ROOT, save_seeded_resnet50
+
 TINY = ["--spatial_size", "[64,32]", "--batch_size", "4", "--num_workers", "0"]
 VERSION = json.loads((REPO_ROOT / "configs" / "metadata.json").read_text())["version"]
 
@@ -63,14 +63,8 @@ def phantom(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A plain state_dict of a seeded ResNet50 with non-trivial BatchNorm statistics (no training needed)."""
-    torch.manual_seed(0)
-    net = build_network("resnet50")
-    for module in net.modules():  # running statistics away from (0, 1), as after training
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    torch.save(net.state_dict(), path)
+    save_seeded_resnet50(path)
     return path
 
 

@@ -19,7 +19,7 @@ import torch
 
 from bundle.datalist import check_entries, load_split
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from .conftest import REPO_ROOT
 
 RECORDER = '''
 """Test helper: each rank writes the lesion ids of its training batches and its final validation metrics."""

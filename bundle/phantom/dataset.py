@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from bundle.io import current_umask
 from bundle.phantom.lesions import TUMOR_TYPES
 from bundle.phantom.scan import PhantomConfig, PhantomScan, generate_patient, patient_rng
 from bundle.phantom.writers import WRITERS
@@ -230,18 +231,12 @@ def generate_dataset(
             "training": entries,
         }
         write_datalist(tmp / "datalist.json", datalist)
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, 0o777 & ~current_umask())
         _move_into_place(tmp, out, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return datalist
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def best_possible_auc(labels: list[int] | np.ndarray, p_malignant: list[float] | np.ndarray) -> float:
