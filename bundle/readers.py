@@ -84,6 +84,11 @@ __all__ = [
 
 logger = logging.getLogger("bundle")
 
+# LoadImaged also builds MONAI's default readers as fallbacks; the GPU DICOM decoder among them reports, on every run
+# without nvImageCodec/CUDA, that it is unavailable. This bundle decodes DICOM with pydicom's plugins: silence it.
+logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register")
+
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 PIL_SUFFIXES = (".png", ".tif", ".tiff")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
