@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import logging
 import sys
@@ -35,7 +34,7 @@ from tqdm import tqdm
 
 from bundle.datalist import read_datalist
 from bundle.handlers import latest_checkpoint, model_selection_note
-from bundle.io import atomic_write_text
+from bundle.io import atomic_write_csv, atomic_write_text
 from bundle.report import build_report, read_predictions, write_report
 
 logger = logging.getLogger("bundle.cv")
@@ -160,15 +159,6 @@ class CrossValidation:
         return rows
 
 
-def write_rows(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
-    """Write ``rows`` as CSV atomically."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bundle.cv",
@@ -203,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     out = Path(args.out)
     rows = cv.pooled_predictions(networks, folds)
-    write_rows(out / "predictions.csv", rows, POOLED_COLUMNS)
+    atomic_write_csv(out / "predictions.csv", rows, POOLED_COLUMNS)
     atomic_write_text(
         out / "cv_summary.json",
         json.dumps({"datalist": cv.datalist, "overrides": overrides, "folds": summaries}, indent=1) + "\n",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
@@ -18,7 +16,7 @@ from ignite.engine import Engine, Events
 from monai.handlers import CheckpointSaver
 from monai.utils import string_list_all_gather
 
-from bundle.io import atomic_write_text
+from bundle.io import atomic_write_csv, atomic_write_text
 from bundle.metrics import binary_metrics
 
 logger = logging.getLogger(__name__)
@@ -157,14 +155,13 @@ class LesionPredictionWriter:
         probabilities = [r[3] for r in rows]
         metrics = binary_metrics(labels, probabilities, self.threshold)
 
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(PREDICTION_COLUMNS)
-        for lesion_id, patient_id, label, probability in rows:
-            writer.writerow([lesion_id, patient_id, label, f"{probability:.6f}", int(probability >= self.threshold)])
         predictions_path = self.output_dir / self.predictions_filename
         metrics_path = self.output_dir / self.metrics_filename
-        atomic_write_text(predictions_path, buffer.getvalue())
+        atomic_write_csv(
+            predictions_path,
+            (dict(zip(PREDICTION_COLUMNS, (*row, int(row[3] >= self.threshold)), strict=True)) for row in rows),
+            PREDICTION_COLUMNS,
+        )
         content = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
         content.update(self.extra_metadata)
         atomic_write_text(metrics_path, json.dumps(content, indent=2) + "\n")

@@ -17,8 +17,6 @@
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import json
 import logging
 import os
@@ -33,7 +31,7 @@ from monai.data import Dataset
 from monai.transforms import Compose, MapTransform, Randomizable
 from monai.utils import ensure_tuple
 
-from bundle.io import atomic_write_text
+from bundle.io import atomic_write_csv, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -398,16 +396,6 @@ class TolerantDataset(Dataset):
         return ""
 
 
-def _csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> str:
-    """CSV text of ``rows`` (dicts) in the order of ``columns``; floats with 6 decimals."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow([f"{row[c]:.6f}" if isinstance(row[c], float) else row[c] for c in columns])
-    return buffer.getvalue()
-
-
 class LesionResultWriter:
     """Write the per-lesion and per-scan results of an inference run, and the items that failed.
 
@@ -495,9 +483,9 @@ class LesionResultWriter:
 
     def _write(self, engine: Engine) -> None:
         scans = self.scan_summaries()
-        atomic_write_text(self.output_dir / "lesions.csv", _csv(self.lesions, LESION_COLUMNS))
-        atomic_write_text(self.output_dir / "scans.csv", _csv(scans, SCAN_COLUMNS))
-        atomic_write_text(self.output_dir / "failed.csv", _csv(self.failed, FAILED_COLUMNS))
+        atomic_write_csv(self.output_dir / "lesions.csv", self.lesions, LESION_COLUMNS)
+        atomic_write_csv(self.output_dir / "scans.csv", scans, SCAN_COLUMNS)
+        atomic_write_csv(self.output_dir / "failed.csv", self.failed, FAILED_COLUMNS)
         content = {
             "model_version": self.model_version,
             "threshold": self.threshold,
