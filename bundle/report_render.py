@@ -220,31 +220,11 @@ def _table2(report: Mapping[str, Any]) -> list[Table]:
         ["", *[f"Fold {f['fold']}" for f in folds], "Mean ± SD", "Pooled (95% CI)"],
     )
     pooled = t2["pooled"]
-    table.add(
-        [
-            "Patients (benign/malignant)",
-            *[counts_cell(f["patients"]) for f in folds],
-            DASH,
-            counts_cell(pooled["patients"]),
-        ]
-    )
-    if interleave:
-        total = report["published"]["table1"]["patients"]["total"]
-        table.add(
-            [PUB_ROW, *[counts_cell(f["patients"]) for f in pub_folds], DASH, counts_cell(total)],
-            "published",
-        )
-    table.add(
-        [
-            "Lesions (benign/malignant)",
-            *[counts_cell(f["lesions"]) for f in folds],
-            DASH,
-            counts_cell(pooled["lesions"]),
-        ]
-    )
-    if interleave:
-        total = report["published"]["table1"]["lesions"]["total"]
-        table.add([PUB_ROW, *[counts_cell(f["lesions"]) for f in pub_folds], DASH, counts_cell(total)], "published")
+    for key, label in (("patients", "Patients (benign/malignant)"), ("lesions", "Lesions (benign/malignant)")):
+        table.add([label, *[counts_cell(f[key]) for f in folds], DASH, counts_cell(pooled[key])])
+        if interleave:
+            total = report["published"]["table1"][key]["total"]
+            table.add([PUB_ROW, *[counts_cell(f[key]) for f in pub_folds], DASH, counts_cell(total)], "published")
     for name in (*PROPORTION_NAMES, "auc"):
         table.add(
             [
