@@ -74,3 +74,13 @@ def save_seeded_resnet50(path: Path):
             module.running_var.uniform_(0.5, 2.0)
     torch.save(net.state_dict(), path)
     return net.eval()
+
+
+def save_nifti(path: Path, array) -> str:
+    """Save a 2-D (H, W) array as NIfTI with an identity affine (the layout the bundle reads); returns the name."""
+    import nibabel as nib
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(array, np.eye(4)), str(path))
+    return path.name

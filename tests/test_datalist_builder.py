@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
@@ -17,7 +16,7 @@ from PIL import Image
 from bundle.datalist import build_datalist, main
 from bundle.dicom_nm import split_views, write_nm_whole_body, write_seg
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, save_nifti
 
 H, W = 32, 32
 
@@ -30,11 +29,6 @@ def blob(k: int) -> np.ndarray:
     mask = np.zeros((H, W), dtype=np.uint8)
     mask[2 + 4 * k : 4 + 4 * k, 3:6] = 1
     return mask
-
-
-def nifti(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(array, np.eye(4)), str(path))
 
 
 def png(path: Path, array: np.ndarray) -> None:
@@ -51,14 +45,14 @@ def mixed_folder(tmp_path) -> Path:
     ant, post = split_views(scan(2))
     a = write_nm_whole_body(images / "P2" / "ant.dcm", ant, None, "PAT2", seed=2)  # two single-view files
     p = write_nm_whole_body(images / "P2" / "post.dcm", None, post, "PAT2", seed=2)
-    nifti(images / "P3.nii.gz", scan(3).astype(np.int16))
+    save_nifti(images / "P3.nii.gz", scan(3).astype(np.int16))
     png(images / "P4.png", scan(4).astype(np.uint16))
-    nifti(benign / "P1_L1.nii.gz", blob(0))
-    nifti(malignant / "P1_L2.nii.gz", blob(1))
+    save_nifti(benign / "P1_L1.nii.gz", blob(0))
+    save_nifti(malignant / "P1_L2.nii.gz", blob(1))
     write_seg(malignant / "P2_seg.dcm", [a, p], {1: blob(2), 2: blob(3)})  # two lesions in one SEG
-    nifti(benign / "P2_L3.nii.gz", blob(4))
+    save_nifti(benign / "P2_L3.nii.gz", blob(4))
     png(benign / "P3_labels.png", (blob(0) * 4 + blob(2) * 9).astype(np.uint8))  # label values 4 and 9
-    nifti(malignant / "P3_L9.nii.gz", blob(5))
+    save_nifti(malignant / "P3_L9.nii.gz", blob(5))
     png(benign / "P4_a.png", blob(1) * 255)
     png(malignant / "P4" / "b.png", blob(6) * 255)  # in a sub-folder named after its scan
     (root / "patients.csv").write_text("scan,patient_id,tumor_type\nP3,X3,lung\n")
@@ -105,8 +99,8 @@ def test_build_refuses_to_overwrite_unless_asked(mixed_folder, capsys):
 
 def test_build_lists_every_problem_and_writes_nothing(mixed_folder, capsys):
     root = mixed_folder
-    nifti(root / "masks" / "benign" / "Q9_L1.nii.gz", blob(0))  # belongs to no scan
-    nifti(root / "masks" / "malignant" / "P1_L7.nii.gz", np.zeros((H, W), np.uint8))  # empty
+    save_nifti(root / "masks" / "benign" / "Q9_L1.nii.gz", blob(0))  # belongs to no scan
+    save_nifti(root / "masks" / "malignant" / "P1_L7.nii.gz", np.zeros((H, W), np.uint8))  # empty
     (root / "masks" / "unsure").mkdir()  # unknown label folder
     assert main(["build", str(root), "--num_folds", "2"]) == 1
     out = capsys.readouterr().out
@@ -124,10 +118,10 @@ def test_build_from_a_csv(tmp_path):
     ant, post = split_views(scan(1))
     a = write_nm_whole_body(root / "scans" / "a1.dcm", ant, None, "P1", seed=1)
     p = write_nm_whole_body(root / "scans" / "p1.dcm", None, post, "P1", seed=1)
-    nifti(root / "scans" / "s2.nii.gz", scan(2).astype(np.int16))
+    save_nifti(root / "scans" / "s2.nii.gz", scan(2).astype(np.int16))
     png(root / "masks" / "s1_labels.png", (blob(0) + 2 * blob(1) + 3 * blob(2)).astype(np.uint8))
-    nifti(root / "masks" / "s2_a.nii.gz", blob(3))
-    nifti(root / "masks" / "s2_b.nii.gz", blob(4))
+    save_nifti(root / "masks" / "s2_a.nii.gz", blob(3))
+    save_nifti(root / "masks" / "s2_b.nii.gz", blob(4))
     rows = [
         ("image", "mask", "label", "patient_id", "tumor_type", "lesion_id"),
         (f"scans/{a.name};scans/{p.name}", "masks/s1_labels.png#1", "benign", "P1", "prostate", "P1_first"),
@@ -151,8 +145,8 @@ def test_build_from_a_csv(tmp_path):
 
 
 def test_csv_with_an_unknown_label_is_refused(tmp_path):
-    nifti(tmp_path / "s.nii.gz", scan(1).astype(np.int16))
-    nifti(tmp_path / "m.nii.gz", blob(0))
+    save_nifti(tmp_path / "s.nii.gz", scan(1).astype(np.int16))
+    save_nifti(tmp_path / "m.nii.gz", blob(0))
     (tmp_path / "l.csv").write_text("image,mask,label,patient_id\ns.nii.gz,m.nii.gz,probably,P1\n")
     content, problems, _ = build_datalist(tmp_path / "l.csv", num_folds=2)
     assert content is None
@@ -163,10 +157,10 @@ def test_folds_group_patients_and_are_stratified(tmp_path):
     rng = np.random.default_rng(0)
     rows = ["image,mask,label,patient_id"]
     for p in range(40):
-        nifti(tmp_path / "s" / f"P{p}.nii.gz", scan(p).astype(np.int16))
+        save_nifti(tmp_path / "s" / f"P{p}.nii.gz", scan(p).astype(np.int16))
         metastatic = rng.random() < 0.5
         for k in range(int(rng.integers(1, 6))):
-            nifti(tmp_path / "m" / f"P{p}_{k}.nii.gz", blob(k))
+            save_nifti(tmp_path / "m" / f"P{p}_{k}.nii.gz", blob(k))
             label = int(rng.random() < (0.8 if metastatic else 0.2))
             rows.append(f"s/P{p}.nii.gz,m/P{p}_{k}.nii.gz,{label},P{p}")
     (tmp_path / "l.csv").write_text("\n".join(rows) + "\n")

@@ -6,7 +6,6 @@ import json
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -43,6 +42,8 @@ from bundle.validation import (
     validate_datalist,
 )
 
+from .conftest import save_nifti
+
 H, W = 64, 64  # assembled (two 64x32 views)
 PATIENTS = 6
 
@@ -55,12 +56,6 @@ def lesion_mask(k: int) -> np.ndarray:
     mask = np.zeros((H, W), dtype=np.uint8)
     mask[4 + 8 * k : 8 + 8 * k, 10:14] = 1
     return mask
-
-
-def save_nifti(path: Path, array: np.ndarray) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(array, np.eye(4)), str(path))
-    return path.name
 
 
 @pytest.fixture
