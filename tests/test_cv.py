@@ -29,7 +29,7 @@ def test_two_fold_cross_validation_end_to_end(phantom_dir, tmp_path, monkeypatch
     monkeypatch.chdir(REPO_ROOT)
     out = tmp_path / "cv"
     argv = [
-        "--out", str(out), "--folds", "2", "--bootstrap", "50",
+        "--out", str(out), "--folds", "2", "--bootstrap", "50", "--compare", "resnet50,densenet169",
         "--dataset_dir", str(phantom_dir), "--spatial_size", "[64,32]", "--max_epochs", "1",
         "--batch_size", "4", "--num_workers", "0",
     ]  # fmt: skip
@@ -39,21 +39,30 @@ def test_two_fold_cross_validation_end_to_end(phantom_dir, tmp_path, monkeypatch
     expected = {e["lesion_id"]: e for e in entries if e["fold"] in (0, 1)}
     with open(out / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert {r["lesion_id"] for r in rows} == set(expected)
-    assert all(int(r["fold"]) == expected[r["lesion_id"]]["fold"] for r in rows)
-    assert {r["network"] for r in rows} == {"resnet50"}
-    for fold in (0, 1):
-        assert (out / "resnet50" / f"fold{fold}" / "checkpoints" / "model.pt").is_file()
+    for network in ("resnet50", "densenet169"):
+        mine = [r for r in rows if r["network"] == network]
+        assert sorted(r["lesion_id"] for r in mine) == sorted(expected)  # every lesion once, out of fold
+        assert all(int(r["fold"]) == expected[r["lesion_id"]]["fold"] for r in mine)
+        for fold in (0, 1):
+            assert (out / network / f"fold{fold}" / "checkpoints" / "model.pt").is_file()
+    assert len(rows) == 2 * len(expected)
 
     report = json.loads((out / "report" / "report.json").read_text())
     for table in ("table2", "table3", "table4", "table5", "patient_level", "phantom"):
         assert report[table], table
+    assert report["reference_network"] == "resnet50"
+    assert set(report["networks"]) == {"resnet50", "densenet169"}
+    compared = {n["network"]: n for n in report["table3"]["networks"]}
+    assert compared["densenet169"]["lesions"]["total"] == len(expected)
+    assert compared["densenet169"]["comparison"]  # paired DeLong test against resnet50
     assert "inner validation" in report["selection_note"]
     assert (out / "report" / "report.html").is_file() and (out / "report" / "report.md").is_file()
     figures = {p.name for p in (out / "report" / "figures").glob("*.png")}
     assert {"overall.png", "figure3_burden.png", "figure4_tumor.png"} <= figures
     summary = json.loads((out / "cv_summary.json").read_text())
-    assert [s["fold"] for s in summary["folds"]] == [0, 1]
+    assert [(s["network"], s["fold"]) for s in summary["folds"]] == [
+        ("resnet50", 0), ("resnet50", 1), ("densenet169", 0), ("densenet169", 1),
+    ]  # fmt: skip
     assert not any(s["skipped"] for s in summary["folds"])
 
     # a second call finds both folds finished and only re-pools and re-reports
