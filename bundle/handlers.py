@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
 from monai.handlers import CheckpointSaver
 from monai.utils import string_list_all_gather
 
@@ -31,10 +32,19 @@ class AtomicCheckpointSaver(CheckpointSaver):
     ``model_final.pt``) is replaced in one step instead of being deleted before the new one is written. Together
     with ``n_saved >= 2`` for the per-epoch checkpoints, a run killed at any moment leaves a loadable checkpoint.
     Its key-metric record (best score so far) is part of ``state_dict()``, so a resumed run keeps the best model.
+
+    Args:
+        adopt_existing: when resuming, count the ``checkpoint_epoch=N.pt`` files already in ``save_dir`` as saved
+            by this run, so that ``n_saved`` still holds and the stopped run's older checkpoints are rotated out
+            instead of lingering on disk.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, adopt_existing: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if adopt_existing and self._interval_checkpoint is not None:
+            saved = self._interval_checkpoint._saved
+            for epoch, path in _epoch_checkpoints(self.save_dir):
+                saved.append(Checkpoint.Item(epoch, path.name))
         fixed_name = (self._final_checkpoint, self._key_metric_checkpoint)
         for checkpoint in (*fixed_name, self._interval_checkpoint):
             if checkpoint is None:
@@ -61,17 +71,19 @@ class AtomicCheckpointSaver(CheckpointSaver):
 _EPOCH_FILE = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 
 
+def _epoch_checkpoints(ckpt_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(epoch, path)`` of the per-epoch checkpoints in ``ckpt_dir``, oldest first (numeric, not lexical order)."""
+    paths = Path(ckpt_dir).glob("checkpoint_epoch=*.pt")
+    return sorted((int(m.group(1)), p) for p in paths if (m := _EPOCH_FILE.search(p.name)))
+
+
 def latest_checkpoint(ckpt_dir: str | os.PathLike) -> str:
     """Path of the newest readable per-epoch checkpoint (``checkpoint_epoch=N.pt``) in ``ckpt_dir``.
 
     Raises:
         FileNotFoundError: when ``ckpt_dir`` holds no readable per-epoch checkpoint to resume from.
     """
-    ckpt_dir = Path(ckpt_dir)
-    candidates = sorted(
-        (int(m.group(1)), p) for p in ckpt_dir.glob("checkpoint_epoch=*.pt") if (m := _EPOCH_FILE.search(p.name))
-    )
-    for epoch, path in reversed(candidates):
+    for epoch, path in reversed(_epoch_checkpoints(ckpt_dir)):
         try:
             torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # a truncated file from a killed run: fall back to the previous epoch

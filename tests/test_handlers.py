@@ -114,6 +114,28 @@ def test_atomic_checkpoint_saver_keeps_best_and_resumes_its_record(tmp_path):
     assert fresh.state_dict() == record
 
 
+@pytest.mark.parametrize("adopt_existing", [True, False])
+def test_resumed_saver_rotates_out_the_stopped_runs_checkpoints(tmp_path, adopt_existing):
+    model = torch.nn.Linear(2, 2)
+    save_dict = {"model": model, "optimizer": torch.optim.Adam(model.parameters())}  # as train.yaml: checkpoint_*
+    for epoch in (3, 4):  # left by a run stopped during epoch 5
+        torch.save({k: v.state_dict() for k, v in save_dict.items()}, tmp_path / f"checkpoint_epoch={epoch}.pt")
+    trainer = Engine(lambda e, b: None)
+    saver = AtomicCheckpointSaver(
+        save_dir=str(tmp_path), save_dict=save_dict, save_interval=1, n_saved=2, adopt_existing=adopt_existing
+    )
+    saver.attach(trainer)
+
+    @trainer.on(Events.STARTED)
+    def resume_at_epoch_4(engine):
+        engine.state.epoch = 4
+
+    trainer.run([0], max_epochs=6)
+    kept = sorted(p.name for p in tmp_path.glob("checkpoint_epoch=*.pt"))
+    expected = ["checkpoint_epoch=5.pt", "checkpoint_epoch=6.pt"]
+    assert kept == (expected if adopt_existing else ["checkpoint_epoch=3.pt", "checkpoint_epoch=4.pt", *expected])
+
+
 def test_latest_checkpoint_skips_truncated_files(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no checkpoint_epoch=N\.pt to resume from"):
         latest_checkpoint(tmp_path)
