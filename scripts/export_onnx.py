@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 BUNDLE_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BUNDLE_ROOT))  # the configs name `bundle.*` objects: importable without `pip install -e .`
 logger = logging.getLogger("export_onnx")
 
 
