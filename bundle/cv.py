@@ -199,7 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         json.dumps({"datalist": cv.datalist, "overrides": overrides, "folds": summaries}, indent=1) + "\n",
     )
     for s in summaries:
-        print(f"{s['network']:>13} fold {s['fold']}: AUC {s['auc']}  accuracy {s['accuracy']}  ({s['n']} lesions)")
+        auc, accuracy = (f"{v:.3f}" if v is not None else "n/a" for v in (s["auc"], s["accuracy"]))
+        print(f"{s['network']:>13} fold {s['fold']}: AUC {auc}  accuracy {accuracy}  ({s['n']} lesions)")
     print(f"pooled out-of-fold predictions: {out / 'predictions.csv'}")
     if not args.no_report:
         note = model_selection_note(cv.overrides.get("checkpoint", "model.pt"))
