@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from ignite.engine import Events
+from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser, ConfigWorkflow
 from tqdm import tqdm
 
@@ -64,6 +64,16 @@ def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
             raise SystemExit(f"bundle override {token!r} needs a value (e.g. --max_epochs 5)")
         overrides[key] = yaml.safe_load(value)
     return overrides
+
+
+class EpochCallback:
+    """Trainer handler that calls ``callback()`` after every epoch (drives the progress bar across folds)."""
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.callback = callback
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, lambda _: self.callback())
 
 
 class CrossValidation:
@@ -126,11 +136,11 @@ class CrossValidation:
                 resume = False
             logger.info(f"{network} fold {fold}: {'resuming' if resume else 'training'} in {fold_dir}")
             train = self._workflow(network, fold, evaluate=False, resume=resume)
-            train.initialize()
             if on_epoch is not None:
-                train.parser.get_parsed_content("train#trainer").add_event_handler(
-                    Events.EPOCH_COMPLETED, lambda _: on_epoch()
-                )
+                # a handler added to the config, not to an early-instantiated trainer: instantiating the trainer
+                # before `training` runs would draw the network's random init in another order than the bundle CLI
+                train.parser["train#handlers"] = [*train.parser["train#handlers"], EpochCallback(on_epoch)]
+            train.initialize()
             train.run()
             train.finalize()
         train_seconds = time.perf_counter() - started

@@ -10,7 +10,7 @@ import pytest
 from bundle.cv import main, parse_overrides
 from bundle.datalist import read_datalist
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, evaluate_tiny, train_tiny
 
 
 def test_parse_overrides_reads_yaml_values():
@@ -64,6 +64,14 @@ def test_two_fold_cross_validation_end_to_end(phantom_dir, tmp_path, monkeypatch
         ("resnet50", 0), ("resnet50", 1), ("densenet169", 0), ("densenet169", 1),
     ]  # fmt: skip
     assert not any(s["skipped"] for s in summary["folds"])
+
+    # a fold trained by the runner is the bundle CLI's run of that fold: same seed, same predictions
+    train_tiny(phantom_dir, tmp_path / "cli", "--fold", "0", "--max_epochs", "1")
+    evaluate_tiny(phantom_dir, tmp_path / "cli", "--fold", "0")
+    with open(tmp_path / "cli" / "eval" / "predictions.csv", newline="") as f:
+        by_cli = {r["lesion_id"]: r["probability"] for r in csv.DictReader(f)}
+    by_cv = {r["lesion_id"]: r["probability"] for r in rows if r["network"] == "resnet50" and r["fold"] == "0"}
+    assert by_cv == by_cli
 
     # a second call finds both folds finished and only re-pools and re-reports
     mtime = (out / "resnet50" / "fold0" / "checkpoints" / "model.pt").stat().st_mtime
