@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import Checkpoint
 from monai.handlers import CheckpointSaver
 from monai.utils import string_list_all_gather
 
@@ -42,9 +41,8 @@ class AtomicCheckpointSaver(CheckpointSaver):
     def __init__(self, *args: Any, adopt_existing: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if adopt_existing and self._interval_checkpoint is not None:
-            saved = self._interval_checkpoint._saved
-            for epoch, path in _epoch_checkpoints(self.save_dir):
-                saved.append(Checkpoint.Item(epoch, path.name))
+            existing = [(epoch, path.name) for epoch, path in _epoch_checkpoints(self.save_dir)]
+            self._interval_checkpoint.load_state_dict({"_saved": existing})
         fixed_name = (self._final_checkpoint, self._key_metric_checkpoint)
         for checkpoint in (*fixed_name, self._interval_checkpoint):
             if checkpoint is None:
