@@ -86,7 +86,7 @@ def variants(device: torch.device) -> list[Variant]:
 
 def machine_info(device: torch.device) -> dict[str, Any]:
     """CPU model, cores, bf16 hardware, GPU and library versions."""
-    from bundle.inferers import cpu_has_native_bf16
+    from bundle.engine.inferers import cpu_has_native_bf16
 
     cpu = platform.processor() or "unknown"
     try:
@@ -211,7 +211,7 @@ def bundle_parser(config_files: Sequence[str], overrides: dict[str, Any]) -> Any
 def make_phantom(out: Path, patients: int, spatial_size: Sequence[int], seed: int) -> Path:
     """A phantom data set whose scans are 2x the network size (1024x512 for 512x256; at least 256x128, the
     phantom's minimum), with both classes in every fold."""
-    from bundle.datalist import check_entries
+    from bundle.data.datalist import check_entries
     from bundle.phantom.dataset import generate_dataset
     from bundle.phantom.scan import PhantomConfig
 
@@ -278,7 +278,7 @@ class Benchmark:
         scan = transform.transforms[0](dict(items[0]))["image"].shape[-2:]
         self.add(Row("data", "preprocess one lesion (uncached)", f"scan {scan[0]}x{scan[1]}", 1000 * seconds, "ms"))
 
-        # inference: the scan's share once per scan (bundle.inference.ScanCachedCompose), over all lesions in order
+        # inference: the scan's share once per scan (bundle.engine.inference.ScanCachedCompose), over all lesions in order
         infer = bundle_parser(["configs/inference.yaml"], {**self.common, "checkpoint": "", "output_dir": ""})
         dataset = infer.get_parsed_content("dataset")
         n = len(dataset)
@@ -487,7 +487,7 @@ class Benchmark:
         from monai.transforms import Compose
         from sklearn.metrics import roc_auc_score
 
-        from bundle.inferers import FastInferer
+        from bundle.engine.inferers import FastInferer
 
         spatial = list(self.args.guard_spatial_size)
         data_dir = make_phantom(self.work_dir / "guard", self.args.guard_patients, spatial, seed=1000)
@@ -499,7 +499,7 @@ class Benchmark:
         trained = bool(self.args.guard_checkpoint)
         if trained:
             network.load_state_dict(torch.load(self.args.guard_checkpoint, map_location="cpu", weights_only=True))
-        from bundle.datalist import load_split
+        from bundle.data.datalist import load_split
 
         items = load_split(data_dir / "datalist.json", data_dir, part="all")
         transform = Compose(parser.get_parsed_content("train#deterministic_transforms"))

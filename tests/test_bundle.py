@@ -16,8 +16,8 @@ import torch
 from monai.bundle import ConfigWorkflow, create_workflow, verify_net_in_out
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
-from bundle.datalist import read_datalist, write_datalist
-from bundle.networks import PretrainedWeightsError
+from bundle.data.datalist import read_datalist, write_datalist
+from bundle.nets.pretrained import PretrainedWeightsError
 
 from .conftest import REPO_ROOT, TINY_OVERRIDES, evaluate_tiny, train_tiny
 

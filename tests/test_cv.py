@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from bundle.cv import main, parse_overrides
-from bundle.datalist import read_datalist
+from bundle.data.datalist import read_datalist
+from bundle.evaluation.cv import main, parse_overrides
 
 from .conftest import REPO_ROOT, evaluate_tiny, train_tiny
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bundle.datalist import DatalistError, assign_folds, check_entries, load_split, write_datalist
+from bundle.data.datalist import assign_folds, check_entries, load_split, write_datalist
+from bundle.errors import ProblemsError
 
 
 def make_entries(patients: int = 60, seed: int = 0) -> list[dict]:
@@ -55,7 +56,7 @@ def test_assign_folds_groups_patients_and_stratifies():
 
 
 def test_assign_folds_needs_enough_patients():
-    with pytest.raises(DatalistError, match="cannot fill 5 folds"):
+    with pytest.raises(ProblemsError, match="cannot fill 5 folds"):
         assign_folds(make_entries(patients=3), num_folds=5)
 
 
@@ -119,7 +120,7 @@ def test_load_split_refuses_missing_files_and_names_them(tmp_path):
     write_files(tmp_path, entries)
     (tmp_path / entries[0]["mask"]).unlink()
     write_datalist(tmp_path / "datalist.json", {"training": entries})
-    with pytest.raises(DatalistError, match="mask file not found") as err:
+    with pytest.raises(ProblemsError, match="mask file not found") as err:
         load_split(tmp_path / "datalist.json", tmp_path, fold=entries[0]["fold"], part="all")
     assert entries[0]["lesion_id"] in str(err.value)
     assert str(tmp_path / "datalist.json") in str(err.value)
@@ -130,18 +131,18 @@ def test_load_split_refuses_patient_in_two_folds(tmp_path):
     write_files(tmp_path, entries)
     entries[0]["fold"] = (entries[0]["fold"] + 1) % 5
     write_datalist(tmp_path / "datalist.json", {"training": entries})
-    with pytest.raises(DatalistError, match=f"patient_id '{entries[0]['patient_id']}' is in folds"):
+    with pytest.raises(ProblemsError, match=f"patient_id '{entries[0]['patient_id']}' is in folds"):
         load_split(tmp_path / "datalist.json", tmp_path, fold=0, part="train")
 
 
 def test_read_errors_name_the_file(tmp_path):
-    with pytest.raises(DatalistError, match="file not found"):
+    with pytest.raises(ProblemsError, match="file not found"):
         load_split(tmp_path / "nope.json", tmp_path)
     bad = tmp_path / "bad.json"
     bad.write_text('{"training": [')
-    with pytest.raises(DatalistError, match="not valid JSON") as err:
+    with pytest.raises(ProblemsError, match="not valid JSON") as err:
         load_split(bad, tmp_path)
     assert str(bad) in str(err.value)
     bad.write_text(json.dumps({"entries": []}))
-    with pytest.raises(DatalistError, match='"training" list'):
+    with pytest.raises(ProblemsError, match='"training" list'):
         load_split(bad, tmp_path)

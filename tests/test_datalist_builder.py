@@ -1,4 +1,4 @@
-"""``python -m bundle.datalist build``: folder and CSV sources, patient-level stratified folds, refusals, and the
+"""``python -m bundle.data build``: folder and CSV sources, patient-level stratified folds, refusals, and the
 end-to-end path phantom DICOM → builder → train → evaluate."""
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bundle.datalist import build_datalist, main
-from bundle.dicom_nm import split_views, write_nm_whole_body, write_seg
+from bundle.data.__main__ import main
+from bundle.data.builder import build_datalist
+from bundle.data.dicom_nm import split_views
+from bundle.phantom.dicom import write_nm_whole_body, write_phantom_image, write_phantom_mask, write_seg
 
 from .conftest import REPO_ROOT, save_nifti
 
@@ -189,15 +191,12 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_tiny_training_run_from_phantom_dicom(tmp_path):
-    from bundle import dicom_nm
     from bundle.phantom.dataset import generate_dataset
     from bundle.phantom.scan import PhantomConfig
     from bundle.phantom.writers import WRITERS, ScanWriter, register_writer
 
     if "dicom" not in WRITERS:
-        register_writer(
-            "dicom", ScanWriter(".dcm", dicom_nm.write_phantom_image, dicom_nm.write_phantom_mask, "DICOM NM + SEG")
-        )
+        register_writer("dicom", ScanWriter(".dcm", write_phantom_image, write_phantom_mask, "DICOM NM + SEG"))
     data = tmp_path / "data"
     phantom = generate_dataset(data, patients=8, seed=1, config=PhantomConfig(height=256, width=128), fmt="dicom")
     with open(data / "lesions.csv", "w", newline="") as f:
@@ -205,7 +204,7 @@ def test_tiny_training_run_from_phantom_dicom(tmp_path):
         writer.writerow(["image", "mask", "label", "patient_id", "tumor_type"])
         for e in phantom["training"]:
             writer.writerow([e["image"], e["mask"], e["label"], e["patient_id"], e["tumor_type"]])
-    run("-m", "bundle.datalist", "build", str(data / "lesions.csv"), "--num_folds", "2", "--overwrite")
+    run("-m", "bundle.data", "build", str(data / "lesions.csv"), "--num_folds", "2", "--overwrite")
     built = json.loads((data / "datalist.json").read_text())
     assert len(built["training"]) == len(phantom["training"])
     assert built["training"][0]["image"].endswith(".dcm") and built["training"][0]["mask"].endswith(".dcm")

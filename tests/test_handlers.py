@@ -12,8 +12,9 @@ import torch
 from ignite.engine import Engine, Events
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
-from bundle.handlers import AtomicCheckpointSaver, LesionPredictionWriter, latest_checkpoint
-from bundle.transforms import OneHotLabel, OneHotLabeld
+from bundle.data.transforms import OneHotLabel, OneHotLabeld
+from bundle.engine.checkpoints import AtomicCheckpointSaver, latest_checkpoint
+from bundle.evaluation.predictions import LesionPredictionWriter
 
 
 def run_writer(tmp_path, probabilities, labels, batch_size=4, threshold=0.5):

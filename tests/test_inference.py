@@ -16,8 +16,8 @@ from ignite.engine import Engine
 from monai.bundle import ConfigParser, create_workflow
 from monai.transforms import Compose, LoadImaged, MapTransform
 
-from bundle.inference import (
-    LesionResultWriter,
+from bundle.data.transforms import OneHotLabeld
+from bundle.engine.inference import (
     ScanCachedCompose,
     TolerantDataset,
     exit_on_failures,
@@ -25,7 +25,7 @@ from bundle.inference import (
     items_from_datalist,
     without_keys,
 )
-from bundle.transforms import OneHotLabeld
+from bundle.engine.writers import LesionResultWriter
 
 from .conftest import REPO_ROOT, save_seeded_resnet50
 
@@ -48,7 +48,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory) -> Path:
     """6 phantom patients (256x128 scans, about 35 lesions) with datalist.json, 2 folds, both classes in each."""
-    from bundle.datalist import check_entries
+    from bundle.data.datalist import check_entries
     from bundle.phantom.dataset import generate_dataset
     from bundle.phantom.scan import PhantomConfig
 
@@ -381,7 +381,7 @@ def test_folder_input_equals_datalist_input(phantom, tmp_path, monkeypatch):
 
 
 def test_folder_input_in_the_training_layout(phantom, tmp_path):
-    """masks/benign|malignant (python -m bundle.datalist build's layout): labels are ignored, lesions found."""
+    """masks/benign|malignant (python -m bundle.data build's layout): labels are ignored, lesions found."""
     entries = json.loads((phantom / "datalist.json").read_text())["training"]
     folder = tmp_path / "labelled"
     shutil.copytree(phantom / "images", folder / "images")

@@ -1,4 +1,4 @@
-"""Metrics, intervals and tests of bundle.metrics, each checked against an independent computation."""
+"""Metrics, intervals and tests of bundle.evaluation.metrics, each checked against an independent computation."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from scipy.stats import binomtest, chi2_contingency, norm
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
-from bundle.metrics import (
+from bundle.evaluation.metrics import (
     MIN_CASES_PER_CLASS,
     auc_delong_ci,
     binary_metrics,

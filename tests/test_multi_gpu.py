@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bundle.datalist import check_entries, load_split
+from bundle.data.datalist import check_entries, load_split
 
 from .conftest import REPO_ROOT
 

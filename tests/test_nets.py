@@ -19,7 +19,7 @@ from torch import nn
 from bundle.nets import NETWORKS, VGG16, InceptionV3, build_network
 from bundle.nets.densenet import densenet169, torchvision_to_monai_key
 from bundle.nets.inception import MIN_SIZE, InceptionOutputs
-from bundle.networks import PretrainedWeightsError, load_pretrained
+from bundle.nets.pretrained import PretrainedWeightsError, load_pretrained
 
 NAMES = ("resnet50", "densenet169", "vgg16", "inception_v3")
 #: Keys of each 2-channel network that must keep their random initialisation: the 2-class head only.

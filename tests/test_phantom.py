@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from bundle.datalist import check_entries, read_datalist
+from bundle.data.datalist import check_entries, read_datalist
 from bundle.phantom import (
     WRITERS,
     OutputDirectoryError,

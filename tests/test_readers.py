@@ -16,17 +16,11 @@ from PIL import Image
 from pydicom import uid
 from pydicom.dataset import Dataset
 
-from bundle.dicom_nm import (
-    MULTIFRAME_WORD_SC_STORAGE,
-    assemble_views,
-    nm_dataset,
-    split_views,
-    write_nm_whole_body,
-    write_phantom_image,
-    write_phantom_mask,
-    write_seg,
-)
-from bundle.readers import (
+from bundle.data.__main__ import main as data_main
+from bundle.data.dicom_nm import MULTIFRAME_WORD_SC_STORAGE, assemble_views, split_views
+from bundle.data.paths import split_selector
+from bundle.data.readers import WholeBodyScanReader
+from bundle.errors import (
     CountsError,
     DicomReadError,
     MaskSelectionError,
@@ -34,10 +28,8 @@ from bundle.readers import (
     NotWholeBodyNMError,
     ScanWarning,
     ViewError,
-    WholeBodyScanReader,
-    main,
-    split_selector,
 )
+from bundle.phantom.dicom import nm_dataset, write_nm_whole_body, write_phantom_image, write_phantom_mask, write_seg
 
 H, WV = 64, 32  # rows and columns of one view
 
@@ -399,11 +391,11 @@ def test_selector_parsing_and_suffixes(tmp_path):
 def test_export_command_writes_the_layout_as_nifti(tmp_path, capsys):
     anterior, posterior = make_views()
     path = write_nm_whole_body(tmp_path / "scan.dcm", anterior, posterior, "P1")
-    assert main([str(path), str(tmp_path / "scan.nii.gz")]) == 0
+    assert data_main(["export", str(path), str(tmp_path / "scan.nii.gz")]) == 0
     assert "ANT+POST" in capsys.readouterr().out
     exported = LoadImage(image_only=True)(str(tmp_path / "scan.nii.gz")).numpy()
     np.testing.assert_array_equal(exported, expected_layout(anterior, posterior))
-    assert main([str(tmp_path / "absent.dcm"), str(tmp_path / "x.nii.gz")]) == 1
+    assert data_main(["export", str(tmp_path / "absent.dcm"), str(tmp_path / "x.nii.gz")]) == 1
 
 
 def test_split_and_assemble_are_inverse():

@@ -14,9 +14,9 @@ import pytest
 from scipy.stats import binomtest, chi2_contingency
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
-from bundle.metrics import MIN_CASES_PER_CLASS, youden_threshold
-from bundle.report import (
-    ReportInputError,
+from bundle.errors import ProblemsError
+from bundle.evaluation.metrics import MIN_CASES_PER_CLASS, youden_threshold
+from bundle.evaluation.report import (
     build_report,
     burden_group,
     main,
@@ -118,7 +118,7 @@ def cli_out(tmp_path_factory: pytest.TempPathFactory, rows: list[dict], entries:
     write_csv(tmp / "densenet169.csv", [r for r in rows if r["network"] == "densenet169"])
     write_datalist(tmp / "datalist.json", entries)
     out = tmp / "report"
-    cmd = [sys.executable, "-m", "bundle.report", str(tmp / "resnet50.csv"), str(tmp / "densenet169.csv")]
+    cmd = [sys.executable, "-m", "bundle.evaluation", "report", str(tmp / "resnet50.csv"), str(tmp / "densenet169.csv")]
     cmd += ["--datalist", str(tmp / "datalist.json"), "--out", str(out), "--bootstrap", "100", "--seed", "3"]
     cmd += ["--selection-note", "checkpoint chosen on an inner validation split of the training folds"]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -390,7 +390,7 @@ def test_label_mismatch_names_csv_and_lesion(tmp_path: Path, entries: list[dict]
     rows = make_rows(entries, "resnet50", 0.2, 0)
     rows[5]["label"] = 1 - rows[5]["label"]
     csv_path = write_csv(tmp_path / "bad_preds.csv", rows)
-    with pytest.raises(ReportInputError) as err:
+    with pytest.raises(ProblemsError) as err:
         build_report(read_predictions(csv_path), entries, bootstrap=0)
     message = str(err.value)
     assert "bad_preds.csv" in message and rows[5]["lesion_id"] in message and "line 7" in message
@@ -411,11 +411,11 @@ def test_cli_reports_unknown_lesion_and_exits_2(tmp_path: Path, entries: list[di
 def test_bad_csv_values_are_listed(tmp_path: Path) -> None:
     path = tmp_path / "p.csv"
     path.write_text("lesion_id,patient_id,label,probability,prediction\nL1,P1,2,0.5,1\nL2,P1,1,1.5,1\nL3,P1,1,x,1\n")
-    with pytest.raises(ReportInputError) as err:
+    with pytest.raises(ProblemsError) as err:
         read_predictions(path)
     assert len(err.value.problems) == 3 and "L1" in err.value.problems[0] and "line 3" in err.value.problems[1]
     (tmp_path / "q.csv").write_text("lesion_id,label\nL1,1\n")
-    with pytest.raises(ReportInputError, match="missing column"):
+    with pytest.raises(ProblemsError, match="missing column"):
         read_predictions(tmp_path / "q.csv")
 
 
@@ -426,7 +426,7 @@ def test_csv_without_fold_and_network_columns(tmp_path: Path, entries: list[dict
     assert rep["networks"] == ["vgg16"] and rep["reference_network"] == "vgg16"
     assert [f["fold"] for f in rep["table2"]["folds"]] == [0, 1, 2, 3, 4]  # from the datalist
     second = write_csv(tmp_path / "b.csv", rows, COLUMNS[:5])
-    with pytest.raises(ReportInputError, match="predicted twice"):
+    with pytest.raises(ProblemsError, match="predicted twice"):
         build_report(read_predictions(first) + read_predictions(second), entries, bootstrap=0)
     with pytest.raises(ValueError, match="reference network"):
         build_report(read_predictions(first), entries, bootstrap=0, reference_network="vgg16")
@@ -475,7 +475,7 @@ def test_report_renders_again_from_saved_json(cli_out: Path, tmp_path: Path) -> 
 
 def test_published_numbers_are_internally_consistent() -> None:
     """Guards the hand-typed paper numbers: Table 2's fold means are the stated averages, counts add up."""
-    from bundle import paper_results as pr
+    from bundle.evaluation import paper_results as pr
 
     for name, average in pr.TABLE2_AVERAGE.items():
         assert np.mean([f[name] for f in pr.TABLE2_FOLDS]) == pytest.approx(average, abs=0.006)

@@ -10,37 +10,36 @@ import numpy as np
 import pytest
 import torch
 
-from bundle.datalist import (
-    DuplicateLesionError,
-    EntryKeyError,
-    FoldClassError,
-    FoldValueError,
-    MalformedDatalistError,
-    PatientFoldError,
-    UnknownLabelError,
-    main,
-    write_datalist,
-)
-from bundle.dicom_nm import split_views, write_nm_whole_body
-from bundle.networks import PretrainedWeightsError
-from bundle.readers import (
-    CountsError,
-    DicomReadError,
-    MissingFileError,
-    NotWholeBodyNMError,
-    ViewError,
-)
-from bundle.validation import (
-    DatasetValidationError,
-    EmptyMaskError,
-    NonBinaryMaskError,
-    ShapeMismatchError,
-    SingleViewError,
+from bundle.data.__main__ import main
+from bundle.data.datalist import write_datalist
+from bundle.data.dicom_nm import split_views
+from bundle.data.validation import (
     check_datalist,
     check_pretrained,
     validate,
     validate_datalist,
 )
+from bundle.errors import (
+    CountsError,
+    DicomReadError,
+    DuplicateLesionError,
+    EmptyMaskError,
+    EntryKeyError,
+    FoldClassError,
+    FoldValueError,
+    MalformedDatalistError,
+    MissingFileError,
+    NonBinaryMaskError,
+    NotWholeBodyNMError,
+    PatientFoldError,
+    ProblemsError,
+    ShapeMismatchError,
+    SingleViewError,
+    UnknownLabelError,
+    ViewError,
+)
+from bundle.nets.pretrained import PretrainedWeightsError
+from bundle.phantom.dicom import write_nm_whole_body
 
 from .conftest import save_nifti
 
@@ -166,7 +165,7 @@ def test_image_and_mask_shapes_differ(dataset):
     save_nifti(root / "masks" / "P5_L0.nii.gz", np.ones((H, W // 2), dtype=np.uint8))  # drawn on one view only
     error = only(problems_of(root, content), ShapeMismatchError)
     assert str(root / "masks" / "P5_L0.nii.gz") in str(error)
-    assert "64x32" in str(error) and "64x64" in str(error) and "python -m bundle.readers" in str(error)
+    assert "64x32" in str(error) and "64x64" in str(error) and "python -m bundle.data export" in str(error)
 
 
 def test_empty_mask(dataset):
@@ -284,7 +283,7 @@ def test_every_problem_is_listed_and_check_datalist_raises(dataset):
     content["training"][0]["fold"] = 1
     content["training"][3]["label"] = 7
     write_datalist(root / "datalist.json", content)
-    with pytest.raises(DatasetValidationError) as err:
+    with pytest.raises(ProblemsError) as err:
         check_datalist(str(root / "datalist.json"), str(root))
     kinds = {type(e) for e in err.value.errors}
     assert {MissingFileError, EmptyMaskError, PatientFoldError, UnknownLabelError} <= kinds

@@ -2,7 +2,7 @@
 
 :data:`NETWORKS` maps each name to a :class:`NetworkSpec` (how to build it and how a torchvision-format ImageNet
 ``state_dict`` maps onto it); :func:`build_network` builds one and optionally loads such weights from a local file
-with :func:`bundle.networks.load_pretrained`. Every network takes (B, in_channels, H, W) (channel 0 = scan,
+with :func:`bundle.nets.pretrained.load_pretrained`. Every network takes (B, in_channels, H, W) (channel 0 = scan,
 channel 1 = lesion mask) and returns logits (B, num_classes) as a plain tensor in training and evaluation mode.
 
 Config use::
@@ -22,8 +22,8 @@ from torch import nn
 
 from bundle.nets import densenet
 from bundle.nets.inception import InceptionV3
+from bundle.nets.pretrained import load_pretrained
 from bundle.nets.vgg import VGG16
-from bundle.networks import load_pretrained
 
 __all__ = ["NETWORKS", "VGG16", "InceptionV3", "NetworkSpec", "build_network", "load_weights"]
 
@@ -116,7 +116,7 @@ def build_network(
 
     Raises:
         ValueError: unknown ``name`` (the message lists the valid ones).
-        bundle.networks.PretrainedWeightsError: the weights file is missing, unreadable or of another architecture.
+        PretrainedWeightsError: the weights file is missing, unreadable or of another architecture.
     """
     return load_weights(_spec(name).build(in_channels, num_classes), name, pretrained_weights)
 

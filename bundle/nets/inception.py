@@ -3,7 +3,7 @@
 Parameter names are exactly those of ``torchvision.models.inception_v3`` (``Conv2d_1a_3x3.conv.weight``,
 ``Conv2d_1a_3x3.bn.running_mean``, ``Mixed_5b.branch1x1.conv.weight``, ..., ``AuxLogits.conv0.conv.weight``,
 ``AuxLogits.fc.weight``, ``fc.weight``), so a torchvision ImageNet ``state_dict`` loads with
-:func:`bundle.networks.load_pretrained` (first conv ``Conv2d_1a_3x3.conv.weight``; head ``fc.`` and
+:func:`bundle.nets.pretrained.load_pretrained` (first conv ``Conv2d_1a_3x3.conv.weight``; head ``fc.`` and
 ``AuxLogits.fc.``, or ``fc.`` and ``AuxLogits.`` for a network built without the auxiliary classifier, since
 torchvision's ImageNet file holds the auxiliary branch).
 

@@ -2,7 +2,7 @@
 
 Parameter names are exactly those of ``torchvision.models.vgg16`` / ``vgg16_bn`` (``features.0.weight``, ...,
 ``classifier.0.weight``, ``classifier.3.weight``, ``classifier.6.weight``), so a torchvision ImageNet ``state_dict``
-loads with :func:`bundle.networks.load_pretrained` (first conv ``features.0.weight``, head ``classifier.6.``: the
+loads with :func:`bundle.nets.pretrained.load_pretrained` (first conv ``features.0.weight``, head ``classifier.6.``: the
 pretrained fc6/fc7 layers ``classifier.0``/``classifier.3`` are kept).
 
 Input size: any H, W >= 32 (five 2×2 max-poolings); ``AdaptiveAvgPool2d((7, 7))`` brings any feature map to the

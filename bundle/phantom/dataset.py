@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from bundle.data.datalist import assign_folds, write_datalist
 from bundle.io import current_umask
 from bundle.phantom.lesions import TUMOR_TYPES
 from bundle.phantom.scan import PhantomConfig, PhantomScan, generate_patient, patient_rng
@@ -170,7 +171,7 @@ def generate_dataset(
         seed: data-set seed; the same seed gives byte-identical arrays and the same datalist.
         config: image size, difficulty, counts; :class:`PhantomConfig` defaults if None.
         fmt: a key of :data:`bundle.phantom.writers.WRITERS` (``nifti`` or ``png``).
-        num_folds: cross-validation folds, assigned by patient with :func:`bundle.datalist.assign_folds`.
+        num_folds: cross-validation folds, assigned by patient with :func:`bundle.data.datalist.assign_folds`.
         overwrite: replace an existing phantom data set at ``out_dir``.
         workers: processes; 1 runs in this process.
         progress: wraps the per-patient iterator (e.g. ``tqdm``) to show progress.
@@ -182,9 +183,6 @@ def generate_dataset(
         OutputDirectoryError: see :func:`check_output_dir`.
         ValueError: bad ``patients``, ``num_folds`` or ``fmt``.
     """
-    # imported here: bundle.datalist pulls in MONAI (seconds), which the simulation and `--help` do not need
-    from bundle.datalist import assign_folds, write_datalist
-
     config = config or PhantomConfig()
     if fmt not in WRITERS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {sorted(WRITERS)}")

@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 
-from bundle import dicom_nm
+from bundle.phantom.dicom import write_phantom_image, write_phantom_mask
 from bundle.phantom.scan import PhantomScan
 
 PNG_COMPRESS_LEVEL = 1
@@ -80,8 +80,8 @@ WRITERS: dict[str, ScanWriter] = {
     "png": ScanWriter(".png", _png_image, _png_mask, "PNG: scan 16-bit grey counts, masks 8-bit 0/1"),
     "dicom": ScanWriter(
         ".dcm",
-        dicom_nm.write_phantom_image,
-        dicom_nm.write_phantom_mask,
+        write_phantom_image,
+        write_phantom_mask,
         "DICOM: 2-frame NM whole-body scan (ANT/POST view codes) + one DICOM SEG per lesion",
     ),
 }

@@ -9,9 +9,10 @@
   of it once per scan instead of once per lesion.
 - :class:`TolerantDataset` catches a failing item (a corrupt scan, a missing mask), records which file failed and
   why, and returns a placeholder so that the other lesions of the batch are still classified.
-- :class:`LesionResultWriter` writes ``lesions.csv`` (one row per lesion), ``scans.csv`` (one row per scan: number
-  of lesions, highest probability, patient-level call), ``failed.csv`` and ``predictions.json`` (all three),
-  each atomically; :func:`exit_on_failures` then ends the run with exit status 1 if any item failed.
+- :class:`~bundle.engine.writers.LesionResultWriter` writes ``lesions.csv`` (one row per lesion), ``scans.csv``
+  (one row per scan: number of lesions, highest probability, patient-level call), ``failed.csv`` and
+  ``predictions.json`` (all three), each atomically; :func:`exit_on_failures` then ends the run with exit status 1
+  if any item failed.
 """
 
 from __future__ import annotations
@@ -26,60 +27,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 from monai.data import Dataset
 from monai.transforms import Compose, MapTransform, Randomizable
 from monai.utils import ensure_tuple
 
-from bundle.io import atomic_write_csv, atomic_write_text
+from bundle.data.builder import LABEL_FOLDERS, collect_folder, collect_unlabelled_folder
+from bundle.data.paths import resolve
+from bundle.data.readers import WholeBodyScanReader
+from bundle.engine.writers import ERROR_KEY, FAILED_FILE_KEY, META_KEYS
+from bundle.errors import BuildError
 
 logger = logging.getLogger(__name__)
-
-ERROR_KEY = "error"
-FAILED_FILE_KEY = "failed_file"
-# the item keys that travel with each lesion to the writer (besides the image)
-META_KEYS = ("scan", "mask_file", "patient_id", "lesion_id")
-CLASS_NAMES = ("benign", "malignant")
-LESION_COLUMNS = (
-    "scan",
-    "mask_file",
-    "patient_id",
-    "lesion_id",
-    "probability",
-    "prediction",
-    "predicted_class",
-    "model_version",
-)
-SCAN_COLUMNS = (
-    "scan",
-    "patient_id",
-    "lesions",
-    "malignant_lesions",
-    "max_probability",
-    "top_lesion_id",
-    "patient_call",
-    "model_version",
-)
-FAILED_COLUMNS = ("scan", "mask_file", "patient_id", "lesion_id", "failed_file", "error")
-PATIENT_RULE = (
-    "patient_call = malignant when any lesion of the scan has probability >= threshold "
-    "(patient score = highest lesion probability)"
-)
-
-
-def _resolve(path: str, dataset_dir: str | os.PathLike) -> str:
-    return path if os.path.isabs(path) else os.path.join(dataset_dir, path)
 
 
 def _lesion_item(entry: Mapping[str, Any], dataset_dir: str | os.PathLike, where: str) -> dict[str, Any]:
     """An item of :func:`inference_items` from a datalist entry (``image`` may be a list of two single-view files)."""
     image, mask = entry.get("image"), entry.get("mask")
     if isinstance(image, (list, tuple)) and image and all(isinstance(i, str) and i for i in image):
-        resolved_image: str | list[str] = [_resolve(i, dataset_dir) for i in image]
+        resolved_image: str | list[str] = [resolve(i, dataset_dir) for i in image]
         scan = " + ".join(image)
         first = image[0]
     elif isinstance(image, str) and image:
-        resolved_image, scan, first = _resolve(image, dataset_dir), image, image
+        resolved_image, scan, first = resolve(image, dataset_dir), image, image
     else:
         raise ValueError(f"{where}: needs an 'image' path (got {image!r})")
     if not isinstance(mask, str) or not mask:
@@ -89,7 +59,7 @@ def _lesion_item(entry: Mapping[str, Any], dataset_dir: str | os.PathLike, where
     mask_stem = mask_name.split(".")[0] + (f"_{mask_name.rsplit('#', 1)[1]}" if "#" in mask_name else "")
     return {
         "image": resolved_image,
-        "mask": _resolve(mask, dataset_dir),
+        "mask": resolve(mask, dataset_dir),
         "scan": scan,
         "mask_file": mask,
         "patient_id": str(entry.get("patient_id") or scan_stem),
@@ -144,52 +114,26 @@ def _check_unique(items: list[dict[str, Any]], source: str) -> list[dict[str, An
     return items
 
 
-def _collect_unlabelled(root: Path, reader: Any) -> tuple[list[dict], list[Exception]]:
-    """Entries of a folder whose masks are not sorted by label: ``masks/<scan>_<lesion>.<ext>``,
-    ``masks/<scan>.<ext>`` (a label image or SEG: one lesion per value/segment) or ``masks/<scan>/<lesion>.<ext>``.
-
-    Matching and label-image expansion are :mod:`bundle.datalist`'s (the same rules as ``collect_folder``).
-    """
-    from bundle import datalist as dl
-
-    problems: list[Exception] = []
-    scan_dir = next((root / d for d in dl.SCAN_FOLDERS if (root / d).is_dir()), None)
-    mask_root = root / "masks"
-    if scan_dir is None or not mask_root.is_dir():
-        raise ValueError(
-            f"{root}: no datalist.json, and no images/ (or scans/) and masks/ folders; see docs/inference.md"
-        )
-    scans = dl.scans_in(scan_dir)
-    entries = [
-        {"image": dl._rel(scans[scan], root), "mask": mask_path, "lesion_id": lesion_id}
-        for scan, mask_path, lesion_id in dl.lesion_masks(root, mask_root, scans, reader, problems)
-    ]
-    return entries, problems
-
-
 def items_from_folder(dataset_dir: str | os.PathLike, reader: Any = None) -> list[dict[str, Any]]:
     """One item per lesion from a folder of scans with their lesion masks (no datalist needed).
 
     Layouts (``docs/inference.md``): ``images/<scan>.<ext>`` (or ``scans/``) with either unlabelled masks
     (``masks/<scan>_<lesion>.<ext>``; ``masks/<scan>.<ext>`` as a label image with one value per lesion) or the
-    training layout ``masks/benign|malignant/...`` of ``python -m bundle.datalist build`` (labels are ignored).
+    training layout ``masks/benign|malignant/...`` of ``python -m bundle.data build`` (labels are ignored).
 
     Raises:
         ValueError: when the folder has neither layout, or a mask belongs to no scan.
     """
-    from bundle import datalist as dl
-    from bundle.readers import WholeBodyScanReader
-
     root = Path(dataset_dir)
     reader = reader if reader is not None else WholeBodyScanReader()
-    labelled = any((root / "masks" / name).is_dir() for name in dl.LABEL_FOLDERS)
+    labelled = any((root / "masks" / name).is_dir() for name in LABEL_FOLDERS)
     if labelled:
-        entries, problems, notes = dl.collect_folder(root, reader)
+        entries, problems, notes = collect_folder(root, reader)
         for note in notes:
             logger.info(note)
     else:
-        entries, problems = _collect_unlabelled(root, reader)
-    layout = [p for p in problems if isinstance(p, dl.BuildError)]
+        entries, problems = collect_unlabelled_folder(root, reader)
+    layout = [p for p in problems if isinstance(p, BuildError)]
     if layout:
         raise ValueError(f"{root}: " + "; ".join(str(p) for p in layout))
     items = [_lesion_item(e, root, str(root)) for e in entries]
@@ -332,7 +276,7 @@ class TolerantDataset(Dataset):
     when ``transform`` raises (a corrupt or missing file), ``image`` is zeros of ``placeholder_shape``, ``error``
     says why and ``failed_file`` which file failed, so the batch still collates and the other lesions are still
     classified. Items that arrive with an ``error`` (found unusable while listing a folder) come back the same
-    way. :class:`LesionResultWriter` reports such items and leaves them out of the results.
+    way. :class:`~bundle.engine.writers.LesionResultWriter` reports such items and leaves them out of the results.
 
     Args:
         data: the items (see :func:`inference_items`).
@@ -394,119 +338,6 @@ class TolerantDataset(Dataset):
                 except Exception:
                     return " + ".join(paths)
         return ""
-
-
-class LesionResultWriter:
-    """Write the per-lesion and per-scan results of an inference run, and the items that failed.
-
-    Attach it to an evaluator whose decollated outputs hold ``pred`` (softmax probabilities, shape (2,)) and whose
-    decollated batch items hold ``error`` and the keys of :data:`META_KEYS` (see :class:`TolerantDataset`). At the
-    end of the run it writes, each atomically, in ``output_dir``:
-
-    - ``lesions.csv``: one row per lesion (:data:`LESION_COLUMNS`); ``probability`` = P(malignant);
-    - ``scans.csv``: one row per scan (:data:`SCAN_COLUMNS`): number of lesions, highest probability, and the
-      patient-level call (malignant when any lesion is called malignant);
-    - ``failed.csv``: one row per lesion that could not be loaded, with the error (header only when none);
-    - ``predictions.json``: all of the above with the model version, threshold and checkpoint.
-
-    The number of failed items is stored as ``engine.state.inference_failures`` (see :func:`exit_on_failures`).
-
-    Args:
-        output_dir: folder for the files.
-        model_version: written in every row (the bundle's ``metadata.json`` ``version``).
-        threshold: a lesion is called malignant when P(malignant) >= threshold.
-        extra_metadata: added to ``predictions.json`` (e.g. the checkpoint path).
-    """
-
-    def __init__(
-        self,
-        output_dir: str | os.PathLike,
-        model_version: str,
-        threshold: float = 0.5,
-        extra_metadata: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.output_dir = Path(output_dir)
-        self.model_version = str(model_version)
-        self.threshold = float(threshold)
-        self.extra_metadata = dict(extra_metadata or {})
-        self.lesions: list[dict[str, Any]] = []
-        self.failed: list[dict[str, str]] = []
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
-
-    def _reset(self, engine: Engine) -> None:
-        self.lesions, self.failed = [], []
-
-    def _collect(self, engine: Engine) -> None:
-        for output, item in zip(engine.state.output, engine.state.batch, strict=True):
-            meta = {k: str(item[k]) for k in META_KEYS}
-            if item[ERROR_KEY]:
-                self.failed.append({**meta, "failed_file": str(item[FAILED_FILE_KEY]), "error": str(item[ERROR_KEY])})
-                continue
-            probability = float(torch.as_tensor(output["pred"]).float().reshape(-1)[1])
-            prediction = int(probability >= self.threshold)
-            self.lesions.append(
-                {
-                    **meta,
-                    "probability": probability,
-                    "prediction": prediction,
-                    "predicted_class": CLASS_NAMES[prediction],
-                    "model_version": self.model_version,
-                }
-            )
-
-    def scan_summaries(self) -> list[dict[str, Any]]:
-        """One summary per scan of the collected lesions, in order of the scans' first lesion."""
-        by_scan: dict[str, list[dict[str, Any]]] = {}
-        for lesion in self.lesions:
-            by_scan.setdefault(lesion["scan"], []).append(lesion)
-        summaries = []
-        for scan, lesions in by_scan.items():
-            top = max(lesions, key=lambda x: x["probability"])
-            malignant = sum(x["prediction"] for x in lesions)
-            summaries.append(
-                {
-                    "scan": scan,
-                    "patient_id": top["patient_id"],
-                    "lesions": len(lesions),
-                    "malignant_lesions": malignant,
-                    "max_probability": top["probability"],
-                    "top_lesion_id": top["lesion_id"],
-                    "patient_call": CLASS_NAMES[int(malignant > 0)],
-                    "model_version": self.model_version,
-                }
-            )
-        return summaries
-
-    def _write(self, engine: Engine) -> None:
-        scans = self.scan_summaries()
-        atomic_write_csv(self.output_dir / "lesions.csv", self.lesions, LESION_COLUMNS)
-        atomic_write_csv(self.output_dir / "scans.csv", scans, SCAN_COLUMNS)
-        atomic_write_csv(self.output_dir / "failed.csv", self.failed, FAILED_COLUMNS)
-        content = {
-            "model_version": self.model_version,
-            "threshold": self.threshold,
-            "patient_rule": PATIENT_RULE,
-            **self.extra_metadata,
-            "lesions": self.lesions,
-            "scans": scans,
-            "failed": self.failed,
-        }
-        atomic_write_text(self.output_dir / "predictions.json", json.dumps(content, indent=1) + "\n")
-        engine.state.inference_failures = len(self.failed)
-        logger.info(
-            f"{len(self.lesions)} lesions of {len(scans)} scans classified; results in {self.output_dir.resolve()}"
-        )
-        by_file: dict[tuple[str, str], list[str]] = {}
-        for failure in self.failed:
-            by_file.setdefault((failure["failed_file"], failure["error"]), []).append(failure["lesion_id"])
-        for (failed_file, error), lesion_ids in by_file.items():
-            logger.error(
-                f"FAILED to load {failed_file or 'the files'} ({error}); skipped lesion(s) {', '.join(lesion_ids)}"
-            )
 
 
 def exit_on_failures(evaluator: Engine) -> None:

@@ -1,26 +1,17 @@
 """Deep validation of a datalist before anything uses it: every scan and mask is read, every problem listed.
 
 ``LoadImage`` falls back on other readers when one fails, and a broken file found in the middle of a run wastes the
-run, so the datalist is checked as a whole first: by ``python -m bundle.datalist validate``, by the builder before
-it writes, and at the start of training and evaluation (``check_datalist`` in the configs' ``initialize``).
+run, so the datalist is checked as a whole first: by ``python -m bundle.data validate``, by the builder before it
+writes, and at the start of training and evaluation (``check_datalist`` in the configs' entry points), each on the
+lesions it uses.
 
 Each scan is read once (however many lesions it has) and each mask once. Every problem found is reported, each as
-its own :class:`~bundle.readers.DataError` subclass whose message names the file or entry and the fix:
-
-- datalist: malformed JSON or no ``training`` list (:class:`~bundle.datalist.MalformedDatalistError`), missing keys
-  (:class:`~bundle.datalist.EntryKeyError`), unknown label (:class:`~bundle.datalist.UnknownLabelError`), fold out of
-  range (:class:`~bundle.datalist.FoldValueError`), duplicated lesion id
-  (:class:`~bundle.datalist.DuplicateLesionError`), patient in two folds (:class:`~bundle.datalist.PatientFoldError`),
-  a fold without both classes (:class:`~bundle.datalist.FoldClassError`);
-- files: missing (:class:`~bundle.readers.MissingFileError`), unreadable/corrupt
-  (:class:`~bundle.readers.UnreadableFileError`, :class:`~bundle.readers.DicomReadError`), not an NM whole-body
-  scan (:class:`~bundle.readers.NotWholeBodyNMError`), frames/views (:class:`~bundle.readers.ViewError`),
-  NaN/Inf/negative counts (:class:`~bundle.readers.CountsError`), a mask selector that selects nothing
-  (:class:`~bundle.readers.MaskSelectionError`);
-- scan + mask: shapes differ after view assembly (:class:`ShapeMismatchError`), empty mask
-  (:class:`EmptyMaskError`), non-binary mask (:class:`NonBinaryMaskError`), a single-view scan where both views
-  are needed (:class:`SingleViewError`);
-- the pretrained-weights file, when given: :class:`~bundle.networks.PretrainedWeightsError`.
+its own :class:`~bundle.errors.DataError` kind (:mod:`bundle.errors`) whose message names the file or entry and the
+fix: the datalist (malformed, missing keys, unknown label, fold out of range, duplicated lesion id, a patient in two
+folds, a fold without both classes), the files (missing, unreadable, not an NM whole-body scan, frames/views,
+NaN/Inf/negative counts, a mask selector that selects nothing), a scan and its mask (shapes differ, empty or
+non-binary mask, a single-view scan where both views are needed), and the pretrained-weights file when given
+(:class:`~bundle.nets.pretrained.PretrainedWeightsError`).
 """
 
 from __future__ import annotations
@@ -36,72 +27,30 @@ from typing import Any
 
 import numpy as np
 
-from bundle.datalist import (
-    DatalistError,
-    _resolve,
-    entry_problems,
-    image_key,
-    read_datalist,
-)
-from bundle.readers import (
+from bundle.data.datalist import entry_problems, read_datalist
+from bundle.data.paths import image_key, resolve, split_selector
+from bundle.data.readers import WholeBodyScanReader, check_counts
+from bundle.errors import (
     DataError,
+    EmptyMaskError,
     MissingFileError,
+    NonBinaryMaskError,
+    ProblemsError,
     ScanWarning,
-    WholeBodyScanReader,
-    check_counts,
-    split_selector,
+    ShapeMismatchError,
+    SingleViewError,
+    describe,
 )
+from bundle.nets import build_network
+from bundle.nets.pretrained import PretrainedWeightsError
 
-__all__ = [
-    "DatasetValidationError",
-    "EmptyMaskError",
-    "NonBinaryMaskError",
-    "ShapeMismatchError",
-    "SingleViewError",
-    "ValidationReport",
-    "check_datalist",
-    "check_pretrained",
-    "describe",
-    "validate",
-    "validate_datalist",
-]
+__all__ = ["ValidationReport", "check_datalist", "check_pretrained", "validate", "validate_datalist"]
 
 logger = logging.getLogger("bundle")
 
 DRAW_FIX = (
-    "draw the mask on the scan in the pipeline's layout (export it with `python -m bundle.readers SCAN OUT.nii.gz`)"
+    "draw the mask on the scan in the pipeline's layout (export it with `python -m bundle.data export SCAN OUT.nii.gz`)"
 )
-
-
-class ShapeMismatchError(DataError):
-    """A mask's shape differs from its scan's shape after the views are put side by side."""
-
-
-class EmptyMaskError(DataError):
-    """A mask has no lesion pixel."""
-
-
-class NonBinaryMaskError(DataError):
-    """A mask has more than one non-zero value (a label image), negative or fractional values."""
-
-
-class SingleViewError(DataError):
-    """A scan has one view only, and training needs anterior and posterior views."""
-
-
-def describe(error: Exception) -> str:
-    """One line for a problem; a :class:`~bundle.datalist.DatalistError` as ``source: its problems``."""
-    if isinstance(error, DatalistError):
-        return f"{error.source}: " + "; ".join(error.problems)
-    return str(error)
-
-
-class DatasetValidationError(DatalistError):
-    """Raised by :func:`check_datalist`; ``errors`` holds every problem (exceptions), ``problems`` their messages."""
-
-    def __init__(self, source: str | os.PathLike, errors: Sequence[Exception]):
-        self.errors = list(errors)
-        super().__init__(source, [describe(e) for e in self.errors])
 
 
 @dataclass
@@ -122,15 +71,6 @@ class ValidationReport:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-def _with_users(err: DataError, users: Sequence[str]) -> DataError:
-    """The same error, its problem text naming the lesions that use the file."""
-    shown = ", ".join(repr(u) for u in users[:5]) + (f" and {len(users) - 5} more" if len(users) > 5 else "")
-    what = "lesion_id" if len(users) == 1 else "lesion_ids"
-    new = type(err)(err.path, f"{err.problem} (used by {what} {shown})", err.fix)
-    new.__cause__ = err.__cause__
-    return new
 
 
 def _read(
@@ -179,25 +119,9 @@ def _check_mask(mask: np.ndarray, path: str, shape: tuple[int, ...] | None, scan
 
 def check_pretrained(path: str | os.PathLike, network: str = "resnet50") -> list[Exception]:
     """Problems of a pretrained-weights file for ``network`` (empty when it loads)."""
-    from bundle.networks import PretrainedWeightsError, load_pretrained
-
     try:
-        try:
-            from bundle.nets import build_network
-        except ImportError:  # before bundle.nets: the paper's ResNet50 only
-            build_network = None
-        if build_network is not None:
-            build_network(network, pretrained_weights=path)
-        else:
-            from monai.networks.nets import resnet50
-
-            if network != "resnet50":
-                raise ValueError(f"unknown network {network!r}; valid names: resnet50")
-            net = resnet50(spatial_dims=2, n_input_channels=2, num_classes=2, conv1_t_stride=2, bias_downsample=False)
-            load_pretrained(net, path)
-    except PretrainedWeightsError as err:
-        return [err]
-    except ValueError as err:
+        build_network(network, pretrained_weights=path)
+    except (PretrainedWeightsError, ValueError) as err:
         return [err]
     return []
 
@@ -218,7 +142,7 @@ def validate(
         datalist: path of the datalist JSON, its content (a dict with ``training``), or the list of entries.
         dataset_dir: folder that relative paths are joined to; default: the datalist file's folder (or the
             working directory for in-memory datalists).
-        reader: the reader the pipeline uses; default :class:`~bundle.readers.WholeBodyScanReader`.
+        reader: the reader the pipeline uses; default :class:`~bundle.data.readers.WholeBodyScanReader`.
         num_folds: folds expected; default: the datalist's ``num_folds`` when given.
         allow_single_view: accept single-view scans (a note instead of a :class:`SingleViewError`); for
             evaluation and inference, not training.
@@ -234,15 +158,15 @@ def validate(
     if isinstance(datalist, str | os.PathLike):
         try:
             content = read_datalist(datalist)
-        except DatalistError as err:
-            report.problems.append(err)
+        except ProblemsError as err:
+            report.problems.extend(err.errors or [err])
             return report
         default_dir: str | os.PathLike = Path(datalist).parent
     else:
         content = datalist if isinstance(datalist, dict) else {"training": list(datalist)}
         default_dir = "."
     if not isinstance(content.get("training"), list):
-        report.problems.append(DatalistError(source, ['expected a "training" list of lesion entries']))
+        report.problems.append(ProblemsError(source, ['expected a "training" list of lesion entries']))
         return report
     dataset_dir = default_dir if dataset_dir is None else dataset_dir
     entries = content["training"]
@@ -266,10 +190,10 @@ def validate(
         if not isinstance(entry["mask"], str):
             report.problems.append(DataError(f"lesion_id {lesion!r}", f"mask {entry['mask']!r} is not a path"))
             continue
-        paths = _resolve(image, dataset_dir)
+        paths = resolve(image, dataset_dir)
         key = image_key(paths)
         scans.setdefault(key, (paths, []))[1].append(lesion)
-        mask = str(_resolve(entry["mask"], dataset_dir))
+        mask = str(resolve(entry["mask"], dataset_dir))
         if mask in masks:
             masks[mask][2].append(lesion)
         else:
@@ -285,31 +209,26 @@ def validate(
         missing = _missing(paths)
         if missing:
             return [
-                _with_users(
-                    MissingFileError(p, "scan file not found", "check the path (relative to dataset_dir)"), users
-                )
+                MissingFileError(p, "scan file not found", "check the path (relative to dataset_dir)").for_users(users)
                 for p in missing
             ]
         array, meta, error, notes = _read(reader, paths)
         out: list[Exception | str] = list(notes)
         if error is not None:
-            return [*out, _with_users(error, users)]
+            return [*out, error.for_users(users)]
         try:
             if meta.get("modality") != "NM":  # DICOM counts were checked by the reader
                 check_counts(array, key, lossy=False)
         except DataError as err:
-            out.append(_with_users(err, users))
+            out.append(err.for_users(users))
         if meta.get("single_view") and not allow_single_view:
             out.append(
-                _with_users(
-                    SingleViewError(
-                        key,
-                        f"single-view scan (views: {meta.get('views')}); training needs anterior and posterior views",
-                        "add the missing view (both single-view files of the scan as a list or a folder), or drop "
-                        "the scan's lesions from the training datalist (evaluation and inference accept it)",
-                    ),
-                    users,
-                )
+                SingleViewError(
+                    key,
+                    f"single-view scan (views: {meta.get('views')}); training needs anterior and posterior views",
+                    "add the missing view (both single-view files of the scan as a list or a folder), or drop "
+                    "the scan's lesions from the training datalist (evaluation and inference accept it)",
+                ).for_users(users)
             )
         shapes[key] = array.shape
         return out
@@ -317,14 +236,12 @@ def validate(
     def read_mask(item: tuple[str, tuple[str, str, list[str]]]) -> list[Exception | str]:
         _, (path, key, users) = item
         if _missing(path):
-            return [
-                _with_users(MissingFileError(split_selector(path)[0], "mask file not found", "check the path"), users)
-            ]
+            return [MissingFileError(split_selector(path)[0], "mask file not found", "check the path").for_users(users)]
         array, _, error, notes = _read(reader, path)
         if error is not None:
-            return [*notes, _with_users(error, users)]
+            return [*notes, error.for_users(users)]
         problem = _check_mask(array, path, shapes.get(key), key)
-        return [*notes, _with_users(problem, users)] if problem is not None else list(notes)
+        return [*notes, problem.for_users(users)] if problem is not None else list(notes)
 
     # scans first (sequentially: the reader registers DICOM frames that SEG masks refer to), then masks in threads
     for result in map(read_scan, scans.items()):
@@ -368,10 +285,10 @@ def check_datalist(
     """Validate before a run (configs' ``initialize``): log the notes, raise on any problem.
 
     ``reader`` may be the config's ``image_reader``; ``None`` (MONAI's own choice of readers) is validated with a
-    :class:`~bundle.readers.WholeBodyScanReader`.
+    :class:`~bundle.data.readers.WholeBodyScanReader`.
 
     Raises:
-        DatasetValidationError: listing every problem; nothing else runs.
+        ProblemsError: listing every problem; nothing else runs.
     """
     if reader is not None and not isinstance(reader, WholeBodyScanReader):
         logger.warning(f"image_reader {type(reader).__name__} is validated with WholeBodyScanReader's checks")
@@ -380,7 +297,7 @@ def check_datalist(
     for note in report.notes:
         logger.warning(note)
     if report.problems:
-        raise DatasetValidationError(report.source, report.problems)
+        raise ProblemsError(report.source, report.problems)
     logger.info(
         f"datalist {report.source}: {report.entries} lesions, {report.scans} scans, {report.masks} masks checked"
     )

@@ -6,7 +6,9 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, roc_auc_score
+from scipy.sparse import csr_matrix
+from scipy.stats import chi2_contingency, norm, rankdata
+from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 
 METRIC_NAMES = ("sensitivity", "specificity", "accuracy", "ppv", "npv", "auc")
 
@@ -85,8 +87,6 @@ EMPTY_DENOMINATOR_REASON = {
 
 
 def _z(confidence: float) -> float:
-    from scipy.stats import norm
-
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     return float(norm.ppf(0.5 + confidence / 2))
@@ -121,8 +121,6 @@ def proportion(successes: int, n: int, confidence: float = 0.95) -> dict[str, fl
 
 def _midranks(x: np.ndarray) -> np.ndarray:
     """Midranks (1-based, ties share their average rank) along the last axis."""
-    from scipy.stats import rankdata
-
     return rankdata(x, method="average", axis=-1)
 
 
@@ -194,8 +192,6 @@ def paired_delong_test(
         ``auc_a``, ``auc_b``, ``difference`` (a - b), ``se``, ``ci_low``, ``ci_high`` (Wald interval of the
         difference), ``z`` and ``p``.
     """
-    from scipy.stats import norm
-
     stacked = np.vstack([np.asarray(scores_a, dtype=float), np.asarray(scores_b, dtype=float)])
     aucs, cov = delong_auc_covariance(labels, stacked)
     diff = float(aucs[0] - aucs[1])
@@ -230,8 +226,6 @@ def chi_square_across_groups(correct: Sequence[int], totals: Sequence[int]) -> d
         ``reason`` when the test is undefined (fewer than two groups, or a zero expected count because every
         lesion was correct, or every one incorrect).
     """
-    from scipy.stats import chi2_contingency
-
     correct = np.asarray(correct, dtype=int)
     totals = np.asarray(totals, dtype=int)
     if correct.shape != totals.shape or np.any(correct < 0) or np.any(correct > totals):
@@ -276,8 +270,6 @@ def youden_threshold(labels: Sequence[int] | np.ndarray, probabilities: Sequence
     Returns:
         ``threshold``, ``youden_j``, ``sensitivity``, ``specificity``.
     """
-    from sklearn.metrics import roc_curve
-
     fpr, tpr, thresholds = roc_curve(np.asarray(labels, dtype=int), np.asarray(probabilities, dtype=float))
     real = np.isfinite(thresholds)  # sklearn prepends +inf (nothing called malignant): not a usable threshold
     fpr, tpr, thresholds = fpr[real], tpr[real], thresholds[real]
@@ -363,8 +355,6 @@ def weighted_auc_matrix(
     Returns:
         Shape (B,); NaN for a row whose positive or negative weights sum to zero.
     """
-    from scipy.sparse import csr_matrix
-
     y = np.asarray(labels, dtype=int).ravel()
     s = np.asarray(scores, dtype=float).ravel()
     w = np.atleast_2d(np.asarray(weights, dtype=float))

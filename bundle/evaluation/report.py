@@ -8,7 +8,7 @@ Typical usage examples::
 
 or from Python (the cross-validation runner)::
 
-    from bundle.report import build_report, read_predictions, write_report
+    from bundle.evaluation.report import build_report, read_predictions, write_report
     report = build_report(read_predictions("predictions.csv"), read_datalist("datalist.json")["training"])
     write_report(report, "outputs/report")
 
@@ -33,10 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import roc_curve
 
-from bundle import paper_results
-from bundle.io import atomic_write_text
-from bundle.metrics import (
+from bundle.data.datalist import read_datalist
+from bundle.errors import ProblemsError
+from bundle.evaluation import paper_results
+from bundle.evaluation.metrics import (
     MIN_CASES_PER_CLASS,
     PROPORTIONS,
     chi_square_across_groups,
@@ -46,6 +48,8 @@ from bundle.metrics import (
     weighted_auc_matrix,
     youden_threshold,
 )
+from bundle.evaluation.render import render_figures, render_html, render_markdown
+from bundle.io import atomic_write_text
 
 SCHEMA_VERSION = 1
 CONFIDENCE = 0.95
@@ -61,7 +65,6 @@ BURDEN_LABELS = {"few": "Few (1–3)", "medium": "Medium (4–6)", "extensive": 
 TUMOR_GROUPS = ("lung", "prostate", "breast", "other", "unknown")
 TUMOR_LABELS = {"lung": "Lung", "prostate": "Prostate", "breast": "Breast", "other": "Other", "unknown": "Unknown"}
 UNKNOWN_TUMOR_VALUES = ("", "unknown", "none", "null", "nan")
-MAX_LISTED_PROBLEMS = 20
 BOOTSTRAP_CHUNK = 250
 ROC_MAX_POINTS = 400  # vertices kept per ROC curve in report.json (drawing only; AUCs use every lesion)
 
@@ -82,19 +85,6 @@ METHODS = {
     "phantom": "Bayes-optimal AUC = ROC AUC of the phantom's ground-truth P(malignant) on the same lesions; "
     "gap = model AUC - Bayes-optimal AUC (paired DeLong interval).",
 }
-
-
-class ReportInputError(ValueError):
-    """Raised when predictions cannot be reported; ``problems`` lists every problem, each naming its file and lesion."""
-
-    def __init__(self, source: str | os.PathLike, problems: Sequence[str]):
-        self.source = str(source)
-        self.problems = list(problems)
-        shown = self.problems[:MAX_LISTED_PROBLEMS]
-        listing = "\n".join(f"  - {p}" for p in shown)
-        more = len(self.problems) - len(shown)
-        tail = f"\n  ... and {more} more" if more > 0 else ""
-        super().__init__(f"{self.source}: {len(self.problems)} problem(s) found:\n{listing}{tail}")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -137,11 +127,11 @@ def read_predictions(path: str | os.PathLike, network: str | None = None) -> lis
         (float), ``fold`` (int or None), ``network`` (str or None), ``source`` (the path) and ``line``.
 
     Raises:
-        ReportInputError: listing every unreadable row (file, line and lesion named).
+        ProblemsError: listing every unreadable row (file, line and lesion named).
     """
     path = Path(path)
     if not path.is_file():
-        raise ReportInputError(path, ["predictions file not found"])
+        raise ProblemsError(path, ["predictions file not found"])
     problems: list[str] = []
     rows: list[dict[str, Any]] = []
     with path.open(newline="", encoding="utf-8-sig") as f:
@@ -149,7 +139,7 @@ def read_predictions(path: str | os.PathLike, network: str | None = None) -> lis
         columns = [c.strip() for c in reader.fieldnames or []]
         missing = [c for c in REQUIRED_COLUMNS if c not in columns]
         if missing:
-            raise ReportInputError(path, [f"missing column(s) {', '.join(missing)}; found {columns}"])
+            raise ProblemsError(path, [f"missing column(s) {', '.join(missing)}; found {columns}"])
         for line, raw in enumerate(reader, start=2):
             raw = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
             where = f"{path} line {line} (lesion_id {raw.get('lesion_id')!r})"
@@ -192,9 +182,9 @@ def read_predictions(path: str | os.PathLike, network: str | None = None) -> lis
                 }
             )
     if problems:
-        raise ReportInputError(path, problems)
+        raise ProblemsError(path, problems)
     if not rows:
-        raise ReportInputError(path, ["no prediction rows"])
+        raise ProblemsError(path, ["no prediction rows"])
     return rows
 
 
@@ -246,7 +236,7 @@ def join_predictions(
         disagree with ``probability >= threshold``, folds that differ from the datalist's).
 
     Raises:
-        ReportInputError: a lesion_id not in the datalist, a label or patient that disagrees with it, a lesion
+        ProblemsError: a lesion_id not in the datalist, a label or patient that disagrees with it, a lesion
             predicted twice by one network, or a lesion without a fold; each problem names the CSV and the lesion.
     """
     by_id = {str(e["lesion_id"]): e for e in datalist_entries}
@@ -302,9 +292,9 @@ def join_predictions(
         rows_by_net[network].append((row, {**entry, "fold": int(fold), "_n_in_image": n}))
     if problems:
         sources = sorted({str(r.get("source") or "predictions") for r in predictions})
-        raise ReportInputError(", ".join(sources), problems)
+        raise ProblemsError(", ".join(sources), problems)
     if not rows_by_net:
-        raise ReportInputError("predictions", ["no prediction rows"])
+        raise ProblemsError("predictions", ["no prediction rows"])
 
     out: dict[str, Lesions] = {}
     for network, pairs in rows_by_net.items():
@@ -393,8 +383,6 @@ def _mean_sd(blocks: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def _roc_points(labels: np.ndarray, scores: np.ndarray) -> dict[str, list[float]] | None:
-    from sklearn.metrics import roc_curve
-
     if group_status(labels) is not None:
         return None
     fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=True)
@@ -738,7 +726,7 @@ def build_report(
         A JSON-ready dict (no NaN: undefined numbers are None) that ``write_report`` renders.
 
     Raises:
-        ReportInputError: predictions that do not match the datalist (each problem names the file and lesion).
+        ProblemsError: predictions that do not match the datalist (each problem names the file and lesion).
         ValueError: a threshold outside [0, 1] or an unknown ``reference_network``.
     """
     if not 0 <= threshold <= 1:
@@ -812,8 +800,6 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike) -> dict[
     Returns:
         The path of every file written, by name (``json``, ``markdown``, ``html`` and the figure files).
     """
-    from bundle.report_render import render_figures, render_html, render_markdown
-
     out_dir = Path(out_dir)
     report = to_jsonable(report)
     written = {"json": out_dir / "report.json", "markdown": out_dir / "report.md", "html": out_dir / "report.html"}
@@ -848,8 +834,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 on input errors, printed to stderr)."""
-    from bundle.datalist import DatalistError, read_datalist
-
     args = get_args_parser().parse_args(argv)
     try:
         rows = [row for path in args.predictions for row in read_predictions(path, args.network)]
@@ -865,7 +849,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             default_network=args.network,
             inputs={"predictions": [str(p) for p in args.predictions], "datalist": str(args.datalist)},
         )
-    except (ReportInputError, DatalistError, ValueError) as err:
+    except (ProblemsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     written = write_report(report, args.out)

@@ -1,4 +1,5 @@
-"""Rendering of the evaluation report dict (``bundle.report.build_report``) as Markdown, HTML and PNG figures.
+"""Rendering of the evaluation report dict (:func:`bundle.evaluation.report.build_report`) as Markdown, HTML and
+PNG figures.
 
 Everything here reads only the report dict, so a saved ``report.json`` renders again unchanged. Tables are built once
 as a small document model (headings, paragraphs, tables with "ours" and "published" rows, figures) and written out
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from bundle.io import atomic_write
 
@@ -688,8 +690,6 @@ def _save(fig: Any, path: Path) -> None:
 
 
 def _group_figure(report: Mapping[str, Any], key: str, curves_key: str, title: str, path: Path) -> None:
-    from matplotlib.figure import Figure
-
     groups = report[key]["groups"]
     n = len(groups) + 1
     rows = 1 if n <= 4 else 2
@@ -717,8 +717,6 @@ def _group_figure(report: Mapping[str, Any], key: str, curves_key: str, title: s
 
 
 def _overall_figure(report: Mapping[str, Any], path: Path) -> None:
-    from matplotlib.figure import Figure
-
     pooled = report["table2"]["pooled"]["metrics"]
     fig = Figure(figsize=(7.0, 3.5), layout="constrained")
     ax_cm, ax_roc = fig.subplots(1, 2)
@@ -738,8 +736,6 @@ def _overall_figure(report: Mapping[str, Any], path: Path) -> None:
 
 
 def _networks_figure(report: Mapping[str, Any], path: Path) -> None:
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(4.2, 4.2), layout="constrained")
     ax = fig.subplots()
     rows = {r["network"]: r for r in report["table3"]["networks"]}

@@ -32,12 +32,13 @@ from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser, ConfigWorkflow
 from tqdm import tqdm
 
-from bundle.datalist import read_datalist
-from bundle.handlers import latest_checkpoint, model_selection_note
+from bundle.data.datalist import read_datalist
+from bundle.engine.checkpoints import latest_checkpoint
+from bundle.evaluation.predictions import model_selection_note
+from bundle.evaluation.report import build_report, read_predictions, write_report
 from bundle.io import atomic_write_csv, atomic_write_text
-from bundle.report import build_report, read_predictions, write_report
 
-logger = logging.getLogger("bundle.cv")
+logger = logging.getLogger("bundle.evaluation.cv")
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 POOLED_COLUMNS = ("lesion_id", "patient_id", "label", "probability", "prediction", "fold", "network")

@@ -6,7 +6,7 @@ half and the posterior view **mirrored** in the right half (the patient's right 
 
 - **DICOM NM** whole-body scans (``.dcm``, any or no extension): one multi-frame file with the anterior and
   posterior frames, two single-view files (a list of two paths, or a folder holding them), or a single-view file.
-  Views come from the DICOM view information, never from frame order alone (:mod:`bundle.dicom_nm`); the counts
+  Views come from the DICOM view information, never from frame order alone (:mod:`bundle.data.dicom_nm`); the counts
   are scaled with ``RescaleSlope``/``RescaleIntercept`` when present. Compressed transfer syntaxes are decoded by
   pydicom's plugins (pylibjpeg with libjpeg, openjpeg and RLE; pyjpegls). NM images re-encoded as Secondary Capture
   are read when they still say ``Modality`` NM and ``ImageType`` WHOLE BODY.
@@ -28,19 +28,17 @@ by default returns the error from ``read`` and raises it from ``get_data``, wher
 
 Config use (``configs/train.yaml``)::
 
-    image_reader: $bundle.readers.WholeBodyScanReader()
+    image_reader: $bundle.data.readers.WholeBodyScanReader()
 
 Export a scan in the layout (to draw masks on it in 3D Slicer or MONAI Label)::
 
-    python -m bundle.readers SCAN OUT.nii.gz
+    python -m bundle.data export SCAN OUT.nii.gz
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import re
 import threading
 import warnings
 from collections import OrderedDict
@@ -49,12 +47,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import pydicom
 from monai.data import ImageReader
+from PIL import Image, UnidentifiedImageError
 from pydicom.dataset import Dataset
 
-from bundle.dicom_nm import (
+from bundle.data.dicom_nm import (
     ANT,
     MULTIFRAME_WORD_SC_STORAGE,
     POST,
@@ -64,23 +64,21 @@ from bundle.dicom_nm import (
     is_lossy,
     orientation_flips,
 )
+from bundle.data.paths import DICOM_SUFFIXES, NIFTI_SUFFIXES, PIL_SUFFIXES, sniff_format, split_selector
+from bundle.errors import (
+    CountsError,
+    DataError,
+    DicomReadError,
+    MaskSelectionError,
+    MissingFileError,
+    NotWholeBodyNMError,
+    ScanWarning,
+    UnreadableFileError,
+    UnsupportedFormatError,
+    ViewError,
+)
 
-__all__ = [
-    "CountsError",
-    "DataError",
-    "DicomReadError",
-    "LoadedImage",
-    "MaskSelectionError",
-    "MissingFileError",
-    "NotWholeBodyNMError",
-    "ScanWarning",
-    "UnreadableFileError",
-    "UnsupportedFormatError",
-    "ViewError",
-    "WholeBodyScanReader",
-    "check_counts",
-    "split_selector",
-]
+__all__ = ["LoadedImage", "WholeBodyScanReader", "check_counts"]
 
 logger = logging.getLogger("bundle")
 
@@ -89,67 +87,12 @@ logger = logging.getLogger("bundle")
 logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register")
 
-DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
-PIL_SUFFIXES = (".png", ".tif", ".tiff")
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _SC_CLASSES = {str(SECONDARY_CAPTURE_STORAGE), str(MULTIFRAME_WORD_SC_STORAGE), "1.2.840.10008.5.1.4.1.1.7.2"}
 _SPECT_TYPES = ("TOMO", "RECON TOMO", "GATED TOMO", "RECON GATED TOMO")
-_SELECTOR = re.compile(r"^(\d+|\d+,\d+,\d+)$")
 DECODER_FIX = (
     "install pydicom's decoder plugins (`pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg "
     "pylibjpeg-rle pyjpegls`, all in this project's dependencies) or export the scan uncompressed"
 )
-
-
-# ---- errors -----------------------------------------------------------------------------------------------------
-class DataError(ValueError):
-    """One problem with one input; the message names the file (or datalist entry) and says how to fix it.
-
-    Args:
-        path: the file or entry the problem is about (empty for a problem of the datalist as a whole).
-        problem: what is wrong.
-        fix: what to do about it.
-    """
-
-    def __init__(self, path: str | os.PathLike | None, problem: str, fix: str = ""):
-        self.path, self.problem, self.fix = str(path or ""), problem, fix
-        super().__init__((f"{self.path}: " if self.path else "") + problem + (f". Fix: {fix}" if fix else ""))
-
-
-class MissingFileError(DataError):
-    """A scan or mask file (or folder) does not exist."""
-
-
-class UnsupportedFormatError(DataError):
-    """A file is neither DICOM, NIfTI, PNG nor TIFF, or not a 2-D image."""
-
-
-class UnreadableFileError(DataError):
-    """A file of a supported format cannot be read (corrupt, truncated)."""
-
-
-class DicomReadError(UnreadableFileError):
-    """A DICOM file cannot be parsed or its pixel data cannot be decoded."""
-
-
-class NotWholeBodyNMError(DataError):
-    """A DICOM file is not a nuclear-medicine whole-body scan (CT, SPECT, a screenshot, a static spot view...)."""
-
-
-class ViewError(DataError):
-    """Wrong number of frames, or the anterior/posterior views cannot be identified or put together."""
-
-
-class CountsError(DataError):
-    """Counts are NaN/Inf, or negative in losslessly stored data."""
-
-
-class MaskSelectionError(DataError):
-    """A ``path#N`` selector names no label value/segment of the file, or a multi-label file has no selector."""
-
-
-class ScanWarning(UserWarning):
-    """Something was read with an assumption the user should know about (single view, lossy negatives clipped)."""
 
 
 # ---- results ----------------------------------------------------------------------------------------------------
@@ -174,42 +117,6 @@ class _Placement:
     flip_lr: bool
     flip_ud: bool
     view_shape: tuple[int, int]
-
-
-def split_selector(path: str | os.PathLike) -> tuple[str, str | None]:
-    """Split ``"masks/P1.png#3"`` into ``("masks/P1.png", "3")``; a path without a selector gives ``(path, None)``.
-
-    A ``#`` suffix is a selector only when it is a number (label value, palette index, segment number) or an
-    ``R,G,B`` colour, and the full path is not itself an existing file.
-    """
-    text = os.fspath(path)
-    base, sep, suffix = text.rpartition("#")
-    if sep and base and _SELECTOR.match(suffix) and not os.path.isfile(text):
-        return base, suffix
-    return text, None
-
-
-def _sniff(path: str) -> str | None:
-    """File kind from its first bytes, else from its suffix: dicom, png, tiff, nifti or None."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(348)
-    except OSError:
-        return None
-    lower = path.lower()
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return "dicom"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
-        return "tiff"
-    if lower.endswith(NIFTI_SUFFIXES) or (len(head) >= 348 and head[344:347] in (b"n+1", b"ni1")):
-        return "nifti"
-    if lower.endswith(DICOM_SUFFIXES) or "." not in os.path.basename(lower):
-        return "dicom"  # DICOM without preamble, or not DICOM at all: pydicom decides
-    if lower.endswith(PIL_SUFFIXES):
-        return "png" if lower.endswith(".png") else "tiff"
-    return None
 
 
 def _affine(spacing: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
@@ -334,14 +241,12 @@ class WholeBodyScanReader(ImageReader):
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise MissingFileError(path, "mask file not found", "check the path")
-        kind = _sniff(path)
+        kind = sniff_format(path)
         if kind == "dicom":
             ds = self._dcmread(path, stop_before_pixels=True)
             numbers = sorted(int(item.SegmentNumber) for item in ds.get("SegmentSequence") or [])
             return [str(n) for n in numbers] if len(numbers) > 1 else []
         if kind in ("png", "tiff"):
-            from PIL import Image
-
             with Image.open(path) as img:
                 array = np.asarray(img)
             if array.ndim == 3 and array.shape[-1] >= 3:
@@ -378,7 +283,7 @@ class WholeBodyScanReader(ImageReader):
             return self._read_nm(self._dicom_files_in(path))
         if not os.path.isfile(path):
             raise MissingFileError(path, "file not found", "check the path (relative paths are joined to dataset_dir)")
-        kind = _sniff(path)
+        kind = sniff_format(path)
         if kind == "dicom":
             ds = self._dcmread(path)
             if str(ds.get("Modality", "")).upper() == "SEG" or str(ds.get("SOPClassUID", "")) == SEG_STORAGE:
@@ -398,9 +303,11 @@ class WholeBodyScanReader(ImageReader):
 
     def _dicom_files_in(self, folder: str) -> list[str]:
         files = sorted(
-            str(p) for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith(".") and _sniff(str(p))
+            str(p)
+            for p in Path(folder).iterdir()
+            if p.is_file() and not p.name.startswith(".") and sniff_format(str(p))
         )
-        files = [f for f in files if _sniff(f) == "dicom"]
+        files = [f for f in files if sniff_format(f) == "dicom"]
         if len(files) not in (1, 2):
             raise ViewError(
                 folder,
@@ -714,7 +621,7 @@ class WholeBodyScanReader(ImageReader):
                 if seen > self.MAX_SEARCH_FILES:
                     break
                 candidate = os.path.join(folder, name)
-                if name.startswith(".") or _sniff(candidate) != "dicom":
+                if name.startswith(".") or sniff_format(candidate) != "dicom":
                     continue
                 try:
                     header = pydicom.dcmread(candidate, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
@@ -742,8 +649,6 @@ class WholeBodyScanReader(ImageReader):
         return value
 
     def _read_pil(self, path: str, selector: str | None) -> tuple[np.ndarray, dict]:
-        from PIL import Image, UnidentifiedImageError
-
         def load() -> tuple[np.ndarray, dict]:
             try:
                 with Image.open(path) as img:
@@ -779,8 +684,6 @@ class WholeBodyScanReader(ImageReader):
         return self._select(path, array.astype(np.float32), selector, info["mode"])
 
     def _read_nifti(self, path: str, selector: str | None) -> tuple[np.ndarray, dict]:
-        import nibabel as nib
-
         def load() -> tuple[np.ndarray, dict]:
             try:
                 img = nib.load(path)
@@ -814,34 +717,3 @@ class WholeBodyScanReader(ImageReader):
                 path, f"label value #{selector} does not occur (values: {shown})", "use one of the lesion label values"
             )
         return mask.astype(np.float32), _meta(mask, label_value=selector)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m bundle.readers SCAN OUT.nii.gz``: write a scan in the pipeline's layout as NIfTI."""
-    import nibabel as nib
-
-    from bundle.io import atomic_write
-
-    parser = argparse.ArgumentParser(
-        prog="python -m bundle.readers",
-        description="Write a scan (DICOM NM, NIfTI, PNG, TIFF) in the pipeline's layout (H, W: anterior | mirrored "
-        "posterior) as NIfTI, e.g. to draw lesion masks on it in 3D Slicer or MONAI Label.",
-    )
-    parser.add_argument("scan", nargs="+", help="scan file, folder, or the two single-view DICOM files")
-    parser.add_argument("output", help="output .nii.gz")
-    parser.add_argument("--view_order", nargs="+", choices=[ANT, POST], help="views of frames lacking view codes")
-    args = parser.parse_args(argv)
-    reader = WholeBodyScanReader(view_order=args.view_order, defer_errors=False)
-    try:
-        array, meta = reader.load(args.scan if len(args.scan) > 1 else args.scan[0])
-    except DataError as err:
-        print(f"error: {err}")
-        return 1
-    image = nib.Nifti1Image(array, np.eye(4))
-    atomic_write(args.output, lambda tmp: nib.save(image, tmp), suffix=".nii.gz")
-    print(f"{args.output}: {array.shape[0]}x{array.shape[1]} (views {meta.get('views', 'n/a')})")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
