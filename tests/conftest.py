@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -25,12 +26,25 @@ def phantom_dir(tmp_path_factory) -> Path:
     return out
 
 
-def run_bundle(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run ``python -m monai.bundle ARGS`` from the repository root (the bundle root); output captured."""
+def bundle_path(arg: str) -> str:
+    """A config path given relative to the bundle root (``configs/x.yaml`` or ``"['configs/a.yaml','configs/b.yaml']"``)
+    made absolute; any other argument unchanged."""
+    if arg.startswith("configs/"):
+        return str(REPO_ROOT / arg)
+    return arg.replace("'configs/", f"'{REPO_ROOT}/configs/") if arg.startswith("['configs/") else arg
+
+
+def run_bundle(
+    *args: str, check: bool = True, timeout: int = 600, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``python -m monai.bundle ARGS --bundle_root REPO_ROOT`` from a folder outside the bundle, as MONAI Label,
+    MONAI Deploy and the Model Zoo's CI do (config paths in ARGS may be relative to the bundle root); output captured.
+    """
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    workdir = cwd if cwd is not None else Path(tempfile.gettempdir())
     result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *args],
-        cwd=REPO_ROOT,
+        [sys.executable, "-m", "monai.bundle", *map(bundle_path, args), "--bundle_root", str(REPO_ROOT)],
+        cwd=workdir,
         capture_output=True,
         text=True,
         timeout=timeout,

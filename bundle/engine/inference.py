@@ -4,9 +4,9 @@
 
 - :func:`inference_items` turns a datalist (``image`` + ``mask`` per lesion; labels and folds not needed) or a
   folder of scans with their lesion masks into one item per lesion.
-- :func:`without_keys` drops the label transforms from train.yaml's deterministic preprocessing (no labels here),
-  so inference preprocesses exactly as training/evaluation did; :class:`ScanCachedCompose` runs the scan's share
-  of it once per scan instead of once per lesion.
+- :class:`ScanCachedCompose` runs train.yaml's scan + mask preprocessing (``image_transforms``: inference has no
+  labels), so inference preprocesses exactly as training/evaluation did, the scan's share of it once per scan
+  instead of once per lesion.
 - :class:`TolerantDataset` catches a failing item (a corrupt scan, a missing mask), records which file failed and
   why, and returns a placeholder so that the other lesions of the batch are still classified.
 - :class:`~bundle.engine.writers.LesionResultWriter` writes ``lesions.csv`` (one row per lesion), ``scans.csv``
@@ -22,7 +22,7 @@ import json
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -166,15 +166,6 @@ def inference_items(dataset_dir: str | os.PathLike, datalist: str | os.PathLike 
     if default.is_file():
         return items_from_datalist(default, dataset_dir)
     return items_from_folder(dataset_dir)
-
-
-def without_keys(transforms: Iterable[Callable], keys: Sequence[str] = ("label",)) -> list[Callable]:
-    """The ``transforms`` minus the dictionary transforms that act only on ``keys`` (e.g. the label's one-hot).
-
-    Inference reuses train.yaml's deterministic preprocessing; its items have no ``label``.
-    """
-    drop = set(keys)
-    return [t for t in transforms if not (isinstance(t, MapTransform) and set(t.keys) <= drop)]
 
 
 class ScanCachedCompose(Compose):

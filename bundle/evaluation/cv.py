@@ -40,7 +40,7 @@ from bundle.io import atomic_write_csv, atomic_write_text
 
 logger = logging.getLogger("bundle.evaluation.cv")
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"  # the bundle root holds the package
 POOLED_COLUMNS = ("lesion_id", "patient_id", "label", "probability", "prediction", "fold", "network")
 
 

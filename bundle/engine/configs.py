@@ -1,0 +1,41 @@
+"""Reading one of the bundle's configs from another by its path under ``bundle_root``.
+
+MONAI resolves a ``%configs/train.yaml#id`` macro relative to the *working directory*, so a config that copies
+another's definitions that way only loads from the bundle root. MONAI Label, MONAI Deploy and the Model Zoo's CI load
+a bundle's inference config from their own folders, with ``bundle_root`` set to where the bundle is: this module
+reads the other config under ``bundle_root`` instead, so ``configs/inference.yaml`` reuses train.yaml's
+preprocessing, network and compute definitions (defined once) from any working directory.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from monai.bundle import ConfigParser
+
+__all__ = ["read_bundle_config"]
+
+
+def read_bundle_config(
+    bundle_root: str | os.PathLike, config_file: str = "configs/train.yaml", **settings: Any
+) -> ConfigParser:
+    """The parser of another config of this bundle, read from ``bundle_root/config_file``.
+
+    Its ``bundle_root`` is set to ``bundle_root``, and each of ``settings`` that is not ``None`` replaces the value of
+    that id (e.g. ``spatial_size=[128, 64]``); ``None`` keeps the config's own. Definitions are instantiated on
+    demand: ``parser.get_parsed_content("network_def")``.
+
+    Raises:
+        FileNotFoundError: ``bundle_root/config_file`` does not exist (names the file and ``--bundle_root``).
+    """
+    path = os.path.join(os.fspath(bundle_root), config_file)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{os.path.abspath(path)}: config not found; pass the bundle's folder as --bundle_root "
+            f"(now {os.fspath(bundle_root)!r})"
+        )
+    parser = ConfigParser()
+    parser.read_config(path)
+    parser.update({"bundle_root": os.fspath(bundle_root), **{k: v for k, v in settings.items() if v is not None}})
+    return parser
