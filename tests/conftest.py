@@ -35,15 +35,15 @@ def bundle_path(arg: str) -> str:
 
 
 def run_bundle(
-    *args: str, check: bool = True, timeout: int = 600, cwd: Path | None = None
+    *args: str, check: bool = True, timeout: int = 600, cwd: Path | None = None, bundle_root: Path = REPO_ROOT
 ) -> subprocess.CompletedProcess:
-    """Run ``python -m monai.bundle ARGS --bundle_root REPO_ROOT`` from a folder outside the bundle, as MONAI Label,
+    """Run ``python -m monai.bundle ARGS --bundle_root BUNDLE_ROOT`` from a folder outside the bundle, as MONAI Label,
     MONAI Deploy and the Model Zoo's CI do (config paths in ARGS may be relative to the bundle root); output captured.
     """
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     workdir = cwd if cwd is not None else Path(tempfile.gettempdir())
     result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *map(bundle_path, args), "--bundle_root", str(REPO_ROOT)],
+        [sys.executable, "-m", "monai.bundle", *map(bundle_path, args), "--bundle_root", str(bundle_root)],
         cwd=workdir,
         capture_output=True,
         text=True,

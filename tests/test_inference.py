@@ -387,3 +387,14 @@ def test_folder_input_in_the_training_layout(phantom, tmp_path):
     items = inference_items(folder)
     assert sorted(Path(i["mask"]).name for i in items) == sorted(Path(e["mask"]).name for e in entries)
     assert all(os.path.isfile(i["image"]) for i in items)
+
+
+def test_missing_dataset_dir_stops_the_run_naming_it(checkpoint, tmp_path):
+    missing = tmp_path / "no_scans_here"
+    result = run_bundle(
+        "run", "--config_file", "configs/inference.yaml", "--dataset_dir", str(missing),
+        "--checkpoint", str(checkpoint), "--output_dir", str(tmp_path / "out"), *TINY, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert f"{missing}: no such folder" in result.stderr
+    assert not (tmp_path / "out").exists()  # nothing half-written

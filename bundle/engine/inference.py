@@ -168,6 +168,17 @@ def inference_items(dataset_dir: str | os.PathLike, datalist: str | os.PathLike 
     return items_from_folder(dataset_dir)
 
 
+def require_dataset_dir(dataset_dir: str | os.PathLike) -> None:
+    """Stop a run whose ``dataset_dir`` does not exist (the config lists no lesions then, so that MONAI's export and
+    property checks can build it without data).
+
+    Raises:
+        FileNotFoundError: naming the folder and the override that sets it.
+    """
+    if not os.path.isdir(dataset_dir):
+        raise FileNotFoundError(f"{os.path.abspath(dataset_dir)}: no such folder; give the scans with --dataset_dir")
+
+
 class ScanCachedCompose(Compose):
     """``Compose`` for lesion items that runs the scan's share of the preprocessing once per scan.
 
