@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ckpt_export, create_workflow, verify_net_in_out
+from monai.bundle import ConfigParser, ckpt_export, create_workflow, verify_net_in_out
 
 from .conftest import REPO_ROOT, run_bundle, save_seeded_resnet50
 
@@ -83,12 +83,33 @@ def test_ckpt_export_is_the_same_from_any_folder(zoo, tmp_path):
     outputs = {}
     for name, cwd in (("root", bundle), ("outside", tmp_path)):
         path = tmp_path / f"{name}.ts"
+        configs = bundle / "configs"
         run_bundle(
             "ckpt_export", "network_def", "--filepath", str(path), "--ckpt_file", str(bundle / "models/model.pt"),
-            "--meta_file", str(bundle / "configs/metadata.json"), "--config_file", str(bundle / "configs/inference.yaml"),
+            "--meta_file", str(configs / "metadata.json"), "--config_file", str(configs / "inference.yaml"),
             cwd=cwd, bundle_root=bundle,
         )  # fmt: skip
         outputs[name] = torch.jit.load(str(path))
     x = torch.rand(2, 2, 64, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.equal(outputs["root"](x), outputs["outside"](x))
+
+
+def test_monai_label_bundle_infer_task_loading(zoo, tmp_path, monkeypatch):
+    """MONAI Label's stock ``monaibundle`` app (bundle at ``APP/model/<name>/``) reads configs/inference.yaml, sets
+    ``bundle_root`` in the raw config, and instantiates network_def, preprocessing, inferer and postprocessing."""
+    app = tmp_path / "app"
+    shutil.copytree(zoo / "models" / NAME, app / "model" / NAME)
+    monkeypatch.chdir(app)  # the app's folder, not the bundle's
+    path = str(Path("model") / NAME)
+    config = ConfigParser()
+    config.read_config(Path(path) / "configs" / "inference.yaml")
+    config.config.update({"bundle_root": path})
+    network = config.get_parsed_content("network_def", instantiate=True)
+    preprocessing = config.get_parsed_content("preprocessing", instantiate=True)
+    inferer = config.get_parsed_content("inferer", instantiate=True)
+    postprocessing = config.get_parsed_content("postprocessing", instantiate=True)
+    assert type(network).__name__ == "ResNet"
+    assert [type(t).__name__ for t in preprocessing.transforms][:2] == ["LoadImaged", "EnsureChannelFirstd"]
+    assert type(inferer).__name__ == "FastInferer"
+    assert [type(t).__name__ for t in postprocessing.transforms] == ["Activationsd", "CopyItemsd", "AsDiscreted"]
