@@ -198,13 +198,14 @@ class PlainLoop:
 
 
 def bundle_parser(config_files: Sequence[str], overrides: dict[str, Any]) -> Any:
-    """A MONAI ``ConfigParser`` of the bundle's configs (paths relative to the bundle root) with overrides."""
+    """A MONAI ``ConfigParser`` of the bundle's configs (paths relative to the bundle root) with overrides; it loads
+    from any working directory (``bundle_root`` set)."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config([str(BUNDLE_ROOT / f) for f in config_files])
     parser.read_meta(str(BUNDLE_ROOT / "configs" / "metadata.json"))
-    parser.update(overrides)
+    parser.update({"bundle_root": str(BUNDLE_ROOT), **overrides})
     return parser
 
 
@@ -278,7 +279,7 @@ class Benchmark:
         scan = transform.transforms[0](dict(items[0]))["image"].shape[-2:]
         self.add(Row("data", "preprocess one lesion (uncached)", f"scan {scan[0]}x{scan[1]}", 1000 * seconds, "ms"))
 
-        # inference: the scan's share once per scan (bundle.engine.inference.ScanCachedCompose), over all lesions in order
+        # inference: the scan's share once per scan (ScanCachedCompose), over all lesions in order
         infer = bundle_parser(["configs/inference.yaml"], {**self.common, "checkpoint": "", "output_dir": ""})
         dataset = infer.get_parsed_content("dataset")
         n = len(dataset)
@@ -597,7 +598,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("ignite", "monai", "bundle"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    os.chdir(BUNDLE_ROOT)  # the configs' `%configs/train.yaml#...` macros are relative to the bundle root
     sys.path.insert(0, str(BUNDLE_ROOT))
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="benchmark_") as work_dir:

@@ -7,7 +7,11 @@ import math
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import REPO_ROOT
+
+pytestmark = pytest.mark.integration
 
 EXPECTED = {
     ("data", "preprocess one lesion (uncached)"),
@@ -29,11 +33,11 @@ def test_benchmark_smoke(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [
-            sys.executable, "scripts/benchmark.py", "--spatial_size", "64", "32", "--batch_size", "2",
+            sys.executable, str(REPO_ROOT / "scripts/benchmark.py"), "--spatial_size", "64", "32", "--batch_size", "2",
             "--patients", "6", "--guard_patients", "6", "--steps", "1", "--repeats", "1", "--threads", "1",
             "--device", "cpu", "--out", str(out),
         ],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,  # outside the bundle
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     content = json.loads(out.read_text())

@@ -21,6 +21,8 @@ from bundle.data.datalist import check_entries, load_split
 
 from .conftest import REPO_ROOT
 
+pytestmark = pytest.mark.integration
+
 RECORDER = '''
 """Test helper: each rank writes the lesion ids of its training batches and its final validation metrics."""
 import json
@@ -72,7 +74,8 @@ def test_two_process_gloo_training(phantom, tmp_path):
         - $rank_recorder.attach(@train#trainer, @validate#evaluator, '{record_dir}')
         """)
     )
-    configs = ["configs/train.yaml", "configs/multi_gpu_train.yaml", str(tmp_path / "record.yaml")]
+    configs = [str(REPO_ROOT / "configs/train.yaml"), str(REPO_ROOT / "configs/multi_gpu_train.yaml")]
+    configs.append(str(tmp_path / "record.yaml"))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
     env.pop("CUDA_VISIBLE_DEVICES", None)
     result = subprocess.run(
@@ -81,8 +84,9 @@ def test_two_process_gloo_training(phantom, tmp_path):
             "-m", "monai.bundle", "run", "training", "--config_file", str(configs),
             "--dataset_dir", str(phantom), "--output_dir", str(output_dir), "--val_fraction", "0.25",
             "--spatial_size", "[32,16]", "--batch_size", "2", "--num_workers", "0", "--max_epochs", "1",
+            "--bundle_root", str(REPO_ROOT),
         ],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,  # outside the bundle
         env={**env, "CUDA_VISIBLE_DEVICES": ""},  # gloo on CPU even on a GPU machine
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

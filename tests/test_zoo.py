@@ -18,6 +18,8 @@ from monai.bundle import ConfigParser, ckpt_export, create_workflow, verify_net_
 
 from .conftest import REPO_ROOT, run_bundle, save_seeded_resnet50
 
+pytestmark = pytest.mark.integration
+
 NAME = "bone_scan_lesion_classifier"
 
 

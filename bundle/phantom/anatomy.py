@@ -625,11 +625,6 @@ def part_thickness(geometry: BodyGeometry) -> np.ndarray:
     return per_part
 
 
-def point_thickness(template: SkeletonTemplate, geometry: BodyGeometry) -> np.ndarray:
-    """Body thickness (mm) at every template point's part, shape (N,)."""
-    return part_thickness(geometry)[template.part]
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Soft tissue (rasterised directly: a handful of smooth shapes)
 # ----------------------------------------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ from bundle.phantom.writers import WRITERS
 GENERATOR_VERSION = "1.0.0"
 DATASET_NAME = "bone-scan-phantom"
 BURDEN_GROUPS = {"1-3": (1, 3), "4-6": (4, 6), ">6": (7, math.inf)}
-ENTRY_KEYS = ("image", "mask", "label", "patient_id", "lesion_id", "tumor_type", "lesions_in_image", "p_malignant")
 
 
 class OutputDirectoryError(FileExistsError):
