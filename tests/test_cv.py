@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
+import re
 
 import pytest
 
+from bundle.data import validation
 from bundle.data.datalist import read_datalist
-from bundle.evaluation.cv import main, parse_overrides
+from bundle.evaluation.__main__ import main as evaluation_main
+from bundle.evaluation.cv import get_args_parser, main, parse_networks, parse_overrides
 
 from .conftest import REPO_ROOT, evaluate_tiny, train_tiny
 
@@ -25,17 +29,92 @@ def test_parse_overrides_reads_yaml_values():
         parse_overrides(["3"])
 
 
+def test_networks_are_a_list_of_known_distinct_names():
+    assert parse_networks("resnet50, densenet169,vgg16") == ["resnet50", "densenet169", "vgg16"]
+    for bad in ("", "resnet51", "resnet50,resnet50"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected distinct comma-separated names"):
+            parse_networks(bad)
+
+
+def test_cv_flags_and_their_defaults():
+    parser = get_args_parser()
+    args, rest = parser.parse_known_args(["--out", "o", "--fold", "1", "--max_epochs", "2"])
+    assert (args.folds, args.networks, args.threshold, args.bootstrap, args.no_report) == (
+        None,
+        ["resnet50"],
+        0.5,
+        2000,
+        False,
+    )
+    assert rest == ["--fold", "1", "--max_epochs", "2"]  # no abbreviation: --fold is not taken for --folds
+    args, _ = parser.parse_known_args(
+        ["--out", "o", "--folds", "2", "0", "--networks", "vgg16,resnet50", "--no_report"]
+    )
+    assert (args.folds, args.networks, args.no_report) == ([2, 0], ["vgg16", "resnet50"], True)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--folds", "0", "7"], "fold(s) [7] not in"),
+        (["--fold", "1"], "--fold (use --folds)"),
+        (["--network_name", "vgg16"], "--network_name (use --networks)"),
+        (["--compare", "resnet50,vgg16"], "--compare is now --networks"),
+        (["--network", "vgg16"], "--network is now --networks"),
+        (["--no-report"], "--no-report is now --no_report"),
+        (["--max_epoch", "1"], "not an id of train.yaml or evaluate.yaml: --max_epoch"),
+    ],
+)
+def test_cv_refuses_runner_keys_old_flags_and_unknown_overrides(phantom_dir, tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--out", str(tmp_path / "cv"), "--dataset_dir", str(phantom_dir), *flags])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "cv").exists()
+
+
+def test_evaluation_help_lists_every_command_and_flag(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        evaluation_main(["--help"])
+    assert exit_.value.code == 0
+    listing = capsys.readouterr().out
+    usages = dict(re.findall(r"usage: python -m bundle\.evaluation (cv|report) (.*?)\n\n", listing, flags=re.DOTALL))
+    flags = {
+        command: {t.strip("[]") for t in usage.split() if t.strip("[").startswith("--")}
+        for command, usage in usages.items()
+    }
+    assert flags == {
+        "cv": {"--out", "--folds", "--networks", "--threshold", "--bootstrap", "--no_report"},
+        "report": {
+            "--datalist", "--out", "--threshold", "--bootstrap", "--seed", "--reference_network", "--network_name",
+            "--selection_note",
+        },
+    }  # fmt: skip
+    with pytest.raises(SystemExit) as exit_:
+        evaluation_main(["validate"])
+    assert exit_.value.code == 2 and "invalid choice: 'validate'" in capsys.readouterr().err
+
+
 def test_two_fold_cross_validation_end_to_end(phantom_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(REPO_ROOT)
+    validations: list[validation.ValidationReport] = []
+    real_validate = validation.validate
+
+    def counting_validate(*args, **kwargs) -> validation.ValidationReport:
+        validations.append(real_validate(*args, **kwargs))
+        return validations[-1]
+
+    monkeypatch.setattr(validation, "validate", counting_validate)
     out = tmp_path / "cv"
     argv = [
-        "--out", str(out), "--folds", "2", "--bootstrap", "50", "--compare", "resnet50,densenet169",
+        "--out", str(out), "--folds", "0", "1", "--bootstrap", "50", "--networks", "resnet50,densenet169",
         "--dataset_dir", str(phantom_dir), "--spatial_size", "[64,32]", "--max_epochs", "1",
         "--batch_size", "4", "--num_workers", "0",
     ]  # fmt: skip
     assert main(argv) == 0
-
+    # validated once for 2 folds x 2 networks x (training + evaluation): every entry, each fold trains on others
     entries = read_datalist(phantom_dir / "datalist.json")["training"]
+    assert [(r.scope, r.checked, r.problems) for r in validations] == [("all", len(entries), [])]
+
     expected = {e["lesion_id"]: e for e in entries if e["fold"] in (0, 1)}
     with open(out / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -73,9 +152,10 @@ def test_two_fold_cross_validation_end_to_end(phantom_dir, tmp_path, monkeypatch
     by_cv = {r["lesion_id"]: r["probability"] for r in rows if r["network"] == "resnet50" and r["fold"] == "0"}
     assert by_cv == by_cli
 
-    # a second call finds both folds finished and only re-pools and re-reports
+    # a second call finds both folds finished and only re-pools and re-reports, without reading the data again
     mtime = (out / "resnet50" / "fold0" / "checkpoints" / "model.pt").stat().st_mtime
     assert main(argv) == 0
     summary = json.loads((out / "cv_summary.json").read_text())
     assert all(s["skipped"] for s in summary["folds"])
+    assert len(validations) == 1
     assert (out / "resnet50" / "fold0" / "checkpoints" / "model.pt").stat().st_mtime == mtime

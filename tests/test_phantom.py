@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ from bundle.phantom import (
     patient_rng,
     scan_statistics,
 )
-from bundle.phantom.__main__ import main
+from bundle.phantom.__main__ import get_args_parser, main
 from bundle.phantom.anatomy import reference_skeleton
 from bundle.phantom.lesions import TUMOR_TYPES, assign_labels, sample_lesions, sample_patient_profile
 from bundle.phantom.scan import camera_blur
@@ -334,14 +335,15 @@ def test_refuses_a_non_empty_directory_and_overwrites_only_a_phantom_data_set(tm
     assert (target / "notes.txt").read_text() == "keep me"
     (target / "notes.txt").unlink()  # empty: usable without --overwrite
     generate_dataset(target, patients=2, seed=0, num_folds=2)
-    assert main(["--out", str(target), "--patients", "3", "--seed", "1", "--folds", "2", "--overwrite"]) == 0
+    assert main(["--out", str(target), "--patients", "3", "--seed", "1", "--num_folds", "2", "--overwrite"]) == 0
     assert json.loads((target / "datalist.json").read_text())["generator"]["patients"] == 3
     assert len(list((target / "images").iterdir())) == 3
 
 
 def test_cli_writes_the_layout_and_refuses_to_overwrite(tmp_path):
     out = tmp_path / "cli"
-    cmd = [sys.executable, "-m", "bundle.phantom", "--out", str(out), "--patients", "4", "--seed", "2", "--folds", "2"]
+    cmd = [sys.executable, "-m", "bundle.phantom", "--out", str(out), "--patients", "4", "--seed", "2"]
+    cmd += ["--num_folds", "2"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run([*cmd, "--format", "png"], capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -353,9 +355,33 @@ def test_cli_writes_the_layout_and_refuses_to_overwrite(tmp_path):
 
 
 def test_cli_help_gives_every_default():
-    help_text = subprocess.run(
-        [sys.executable, "-m", "bundle.phantom", "--help"], capture_output=True, text=True, cwd=REPO, timeout=60
-    ).stdout
-    for flag in ("--patients", "--seed", "--format", "--difficulty", "--folds", "--height", "--width", "--overwrite"):
-        assert flag in help_text
-    assert help_text.count("default") >= 9
+    parser = get_args_parser()
+    # one block per option, its lines joined: "--flag METAVAR  help text (default: ...)"
+    blocks = [" ".join(b.split()) for b in re.split(r"\n  (?=-)", parser.format_help())[1:]]
+    shown = {b.split()[0].rstrip(","): b for b in blocks}
+    assert list(shown) == [
+        "-h", "--out", "--patients", "--seed", "--format", "--difficulty", "--num_folds", "--height", "--width",
+        "--workers", "--overwrite",
+    ]  # fmt: skip
+    defaults = vars(parser.parse_args(["--out", "x"]))
+    assert defaults == {
+        "out": "x",
+        "patients": 100,
+        "seed": 0,
+        "format": "nifti",
+        "difficulty": 1.0,
+        "num_folds": 5,
+        "height": 1024,
+        "width": 512,
+        "workers": 1,
+        "overwrite": False,
+    }
+    for flag in shown:
+        if flag in ("-h", "--out"):
+            continue
+        value = defaults[flag[2:]]
+        assert f"(default: {'off' if value is False else value}" in shown[flag], (flag, shown[flag])
+    for old_or_abbreviated in ("--folds", "--num"):
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args(["--out", "x", old_or_abbreviated, "2"])
+        assert exit_.value.code == 2

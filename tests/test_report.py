@@ -120,7 +120,7 @@ def cli_out(tmp_path_factory: pytest.TempPathFactory, rows: list[dict], entries:
     out = tmp / "report"
     cmd = [sys.executable, "-m", "bundle.evaluation", "report", str(tmp / "resnet50.csv"), str(tmp / "densenet169.csv")]
     cmd += ["--datalist", str(tmp / "datalist.json"), "--out", str(out), "--bootstrap", "100", "--seed", "3"]
-    cmd += ["--selection-note", "checkpoint chosen on an inner validation split of the training folds"]
+    cmd += ["--selection_note", "checkpoint chosen on an inner validation split of the training folds"]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return out

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from monai.bundle import ConfigParser
 
-from bundle.data.__main__ import main
-from bundle.data.datalist import write_datalist
+from bundle.data.__main__ import get_args_parser, main
+from bundle.data.datalist import load_split, write_datalist
 from bundle.data.dicom_nm import split_views
+from bundle.data.readers import WholeBodyScanReader
 from bundle.data.validation import (
+    ValidationReport,
     check_datalist,
     check_pretrained,
     validate,
@@ -41,7 +43,7 @@ from bundle.errors import (
 from bundle.nets.pretrained import PretrainedWeightsError
 from bundle.phantom.dicom import write_nm_whole_body
 
-from .conftest import save_nifti
+from .conftest import REPO_ROOT, save_nifti
 
 H, W = 64, 64  # assembled (two 64x32 views)
 PATIENTS = 6
@@ -96,7 +98,8 @@ def test_a_valid_dataset_has_no_problem(dataset):
     root, _ = dataset
     assert validate_datalist(root / "datalist.json") == []
     report = check_datalist(str(root / "datalist.json"), str(root))
-    assert (report.entries, report.scans, report.masks) == (2 * PATIENTS, PATIENTS, 2 * PATIENTS)
+    assert (report.entries, report.checked, report.scans, report.masks) == (12, 12, PATIENTS, 2 * PATIENTS)
+    assert report.scope == "all"
 
 
 # ---- files ------------------------------------------------------------------------------------------------------
@@ -275,6 +278,86 @@ def test_pretrained_weights_of_the_wrong_architecture(tmp_path):
     assert str(weights) in str(error) and "not a torchvision-format state_dict" in str(error)
 
 
+# ---- scope: the lesions a run uses ------------------------------------------------------------------------------
+def config_check(root: Path, run_id: str, **overrides: object) -> ValidationReport:
+    """The first step of a config's run (``check_datalist``), parsed from train.yaml (+ evaluate.yaml) and run."""
+    configs = ["train.yaml"] if run_id == "training" else ["train.yaml", "evaluate.yaml"]
+    parser = ConfigParser()
+    parser.read_config([str(REPO_ROOT / "configs" / c) for c in configs])
+    parser.update({"bundle_root": str(REPO_ROOT), "dataset_dir": str(root), **overrides})
+    return parser.get_parsed_content(f"{run_id}#0")
+
+
+def test_runs_validate_only_their_lesions_and_single_view_in_the_test_fold_stops_nothing(dataset):
+    root, _ = dataset
+    ant, _ = split_views(scan_image(3))
+    path = write_nm_whole_body(root / "images" / "P3.dcm", ant, None, "P3")  # P3 is in fold 1
+    # fold 1 held out: training reads fold 0 (P0, P2, P4) only
+    report = config_check(root, "training", fold=1)
+    assert (report.entries, report.checked, report.scans, report.masks) == (12, 6, 3, 6)
+    assert report.scope == "fold 1 trainval" and report.notes == []
+    # evaluation of fold 1 reads fold 1 and accepts the single-view scan
+    report = config_check(root, "evaluating", fold=1)
+    assert (report.checked, report.scans, report.masks) == (6, 3, 6) and report.scope == "fold 1 test"
+    assert any("single ANT view" in n for n in report.notes)
+    # fold 0 held out: P3 is a training scan
+    with pytest.raises(RuntimeError) as err:  # MONAI wraps the expression's error
+        config_check(root, "training", fold=0)
+    problems = err.value.__cause__
+    assert isinstance(problems, ProblemsError) and len(problems.errors) == 1
+    error = only(problems.errors, SingleViewError)
+    assert str(path) in str(error) and "P3_L0" in str(error)
+    # evaluating every lesion (an external test set) reads all of them
+    report = config_check(root, "evaluating", fold=0, eval_part="all")
+    assert (report.checked, report.scans) == (12, PATIENTS) and report.scope == "all"
+
+
+def test_train_and_val_parts_are_load_splits_selection(dataset):
+    root, _ = dataset
+    datalist = str(root / "datalist.json")
+    split = {"fold": 1, "val_fraction": 0.5, "seed": 0}
+    val = load_split(datalist, root, part="val", check_files=False, **split)
+    train = load_split(datalist, root, part="train", check_files=False, **split)
+    assert val and train
+    lost = Path(val[0]["mask"])
+    lost.unlink()
+    report = check_datalist(datalist, root, part="train", **split)
+    assert report.checked == len(train) and report.masks == len(train)
+    with pytest.raises(ProblemsError) as err:
+        check_datalist(datalist, root, part="val", **split)
+    error = only(err.value.errors, MissingFileError)
+    assert str(lost) in str(error) and val[0]["lesion_id"] in str(error)
+
+
+def test_datalist_wide_checks_cover_unused_parts_and_unused_files_are_not_read(dataset):
+    root, content = dataset
+    (root / "masks" / "P1_L0.nii.gz").unlink()  # fold 1
+    write_datalist(root / "datalist.json", content)
+    datalist = str(root / "datalist.json")
+    assert check_datalist(datalist, root, fold=1, part="trainval").checked == 6
+    with pytest.raises(ProblemsError, match="mask file not found"):
+        check_datalist(datalist, root, fold=0, part="trainval")
+    content["training"][3]["fold"] = 0  # P1 (fold 1) now also in fold 0
+    write_datalist(root / "datalist.json", content)
+    with pytest.raises(ProblemsError) as err:
+        check_datalist(datalist, root, fold=1, part="trainval")
+    assert "patient_id 'P1' is in folds [0, 1]" in str(only(err.value.errors, PatientFoldError))
+    # the split is undefined then: every entry's files are read and listed too
+    assert any(isinstance(e, MissingFileError) for e in err.value.errors)
+
+
+def test_a_fold_that_is_not_in_the_datalist_or_an_in_memory_split_is_refused(dataset):
+    root, content = dataset
+    with pytest.raises(ProblemsError, match=r"fold 3 is not in the datalist \(folds present: \[0, 1\]\)"):
+        check_datalist(str(root / "datalist.json"), root, fold=3, part="test")
+    with pytest.raises(ValueError, match="needs the datalist as a file path and a fold"):
+        validate(content, root, fold=0, part="test")
+    with pytest.raises(ValueError, match="needs the datalist as a file path and a fold"):
+        validate(root / "datalist.json", part="trainval")
+    with pytest.raises(ValueError, match="part must be one of"):
+        validate(root / "datalist.json", fold=0, part="training")
+
+
 # ---- all at once ------------------------------------------------------------------------------------------------
 def test_every_problem_is_listed_and_check_datalist_raises(dataset):
     root, content = dataset
@@ -298,7 +381,9 @@ def test_validate_command_prints_all_problems_and_fails(dataset, capsys):
     weights = root / "bad.pth"
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, weights)
     before = sorted(p.name for p in root.rglob("*"))
-    code = main(["validate", str(root / "datalist.json"), "--pretrained_weights", str(weights)])
+    code = main(
+        ["validate", str(root / "datalist.json"), "--pretrained_weights", str(weights), "--network_name", "resnet50"]
+    )
     out = capsys.readouterr().out
     assert code == 1
     assert "3 problem(s) found" in out and "mask is empty" in out and "appears 2 times" in out and "bad.pth" in out
@@ -311,15 +396,46 @@ def test_validate_command_accepts_a_good_datalist(dataset, capsys):
     assert "OK (12 lesions, 6 scans, 12 masks checked)" in capsys.readouterr().out
 
 
-def test_validation_reads_each_scan_once_and_is_fast(tmp_path):
-    """300 lesions on 30 full-size (1024x512) scans: well under the time a training run can spare."""
+def test_validate_command_flags():
+    parser = get_args_parser()
+    args = parser.parse_args(["validate", "d.json", "--network_name", "vgg16", "--allow_single_view"])
+    assert (args.network_name, args.allow_single_view, args.num_folds) == ("vgg16", True, None)
+    assert parser.parse_args(["validate", "d.json"]).network_name == "resnet50"
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["validate", "d.json", "--network", "vgg16"])  # the old name is no abbreviation
+    assert exit_.value.code == 2
+    args = parser.parse_args(["build", "DATA"])
+    assert (args.num_folds, args.seed, args.overwrite, args.csv, args.dataset_dir, args.output) == (
+        5,
+        0,
+        False,
+        None,
+        None,
+        None,
+    )
+
+
+class CountingReader(WholeBodyScanReader):
+    """Records every path it loads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loaded: list[str] = []
+
+    def load(self, data: str | list[str]) -> tuple[np.ndarray, dict]:
+        self.loaded.append(str(data))  # list.append is thread-safe
+        return super().load(data)
+
+
+def test_validation_reads_each_scan_and_each_mask_once(tmp_path):
+    """100 lesions on 10 scans, each scan's lesions in one label image: 10 scan reads, one per mask selector."""
     entries = []
-    for p in range(30):
-        image = np.random.default_rng(p).poisson(5, (1024, 512)).astype(np.int16)
+    for p in range(10):
+        image = np.random.default_rng(p).poisson(5, (128, 64)).astype(np.int16)
         save_nifti(tmp_path / "images" / f"P{p}.nii.gz", image)
-        labels = np.zeros((1024, 512), dtype=np.uint8)
+        labels = np.zeros((128, 64), dtype=np.uint8)
         for k in range(10):
-            labels[20 + 90 * k : 30 + 90 * k, 100:110] = k + 1
+            labels[4 + 12 * k : 10 + 12 * k, 20:26] = k + 1
         save_nifti(tmp_path / "masks" / f"P{p}.nii.gz", labels)
         for k in range(10):
             entries.append(
@@ -333,8 +449,9 @@ def test_validation_reads_each_scan_once_and_is_fast(tmp_path):
                 }
             )
     (tmp_path / "datalist.json").write_text(json.dumps({"num_folds": 5, "training": entries}))
-    start = time.perf_counter()
-    report = validate(tmp_path / "datalist.json")
-    elapsed = time.perf_counter() - start
-    assert report.problems == [] and report.scans == 30 and report.masks == 300
-    assert elapsed < 20, elapsed
+    reader = CountingReader()
+    report = validate(tmp_path / "datalist.json", reader=reader)
+    assert report.problems == [] and report.scans == 10 and report.masks == 100
+    scans = [str(tmp_path / "images" / f"P{p}.nii.gz") for p in range(10)]
+    masks = [str(tmp_path / "masks" / f"P{p}.nii.gz#{k + 1}") for p in range(10) for k in range(10)]
+    assert sorted(reader.loaded) == sorted(scans + masks)

@@ -2,6 +2,7 @@
 
     python -m bundle.data build DATA_DIR [--csv lesions.csv] [--num_folds 5] [--seed 0] [--overwrite]
     python -m bundle.data validate DATA_DIR/datalist.json [--dataset_dir DATA_DIR] [--pretrained_weights W]
+        [--network_name resnet50]
     python -m bundle.data export SCAN OUT.nii.gz
 
 See ``docs/data.md``.
@@ -47,12 +48,15 @@ def _print_problems(problems: Sequence[Exception], notes: Sequence[str]) -> None
             print(f"  - {describe(p)}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m bundle.data {build,validate,export}``; returns the exit status (0 ok, 1 problems, 2 usage)."""
-    parser = argparse.ArgumentParser(prog="python -m bundle.data", description=__doc__.split("\n\n")[0])
+def get_args_parser() -> argparse.ArgumentParser:
+    """Command-line flags of ``python -m bundle.data {build,validate,export}``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bundle.data", description=__doc__.split("\n\n")[0], allow_abbrev=False
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser(
         "build",
+        allow_abbrev=False,
         help="build datalist.json from a data folder or a CSV",
         description="Build a datalist (one entry per lesion, patient-level stratified folds) from a data folder "
         "(images/, masks/benign/, masks/malignant/, optional patients.csv) or a CSV of "
@@ -69,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     build.add_argument("--view_order", nargs="+", choices=["ANT", "POST"], help="views of DICOM frames without codes")
     check = commands.add_parser(
         "validate",
+        allow_abbrev=False,
         help="check a datalist and every file it names",
         description="Read every scan and mask of a datalist and list every problem (exit status 1 when any).",
     )
@@ -77,10 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("--num_folds", type=int, help="folds expected (default: the datalist's num_folds)")
     check.add_argument("--allow_single_view", action="store_true", help="accept single-view scans (evaluation only)")
     check.add_argument("--pretrained_weights", help="also check this torchvision-format weights file")
-    check.add_argument("--network", default="resnet50", help="network of --pretrained_weights (default: resnet50)")
+    check.add_argument("--network_name", default="resnet50", help="network of --pretrained_weights (default: resnet50)")
     check.add_argument("--view_order", nargs="+", choices=["ANT", "POST"], help="views of DICOM frames without codes")
     export_parser = commands.add_parser(
         "export",
+        allow_abbrev=False,
         help="write a scan in the pipeline's layout as NIfTI",
         description="Write a scan (DICOM NM, NIfTI, PNG, TIFF) in the pipeline's layout (H, W: anterior | mirrored "
         "posterior) as NIfTI, e.g. to draw lesion masks on it in 3D Slicer or MONAI Label.",
@@ -90,7 +96,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     export_parser.add_argument(
         "--view_order", nargs="+", choices=["ANT", "POST"], help="views of DICOM frames without codes"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m bundle.data {build,validate,export}``; returns the exit status (0 ok, 1 problems, 2 usage)."""
+    args = get_args_parser().parse_args(argv)
     reader = WholeBodyScanReader(view_order=args.view_order, defer_errors=args.command != "export")
 
     if args.command == "export":
@@ -103,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.num_folds,
             allow_single_view=args.allow_single_view,
             pretrained_weights=args.pretrained_weights,
-            network=args.network,
+            network=args.network_name,
         )
         _print_problems(report.problems, report.notes)
         if report.problems:

@@ -1,9 +1,12 @@
 """Deep validation of a datalist before anything uses it: every scan and mask is read, every problem listed.
 
 ``LoadImage`` falls back on other readers when one fails, and a broken file found in the middle of a run wastes the
-run, so the datalist is checked as a whole first: by ``python -m bundle.data validate``, by the builder before it
-writes, and at the start of training and evaluation (``check_datalist`` in the configs' entry points), each on the
-lesions it uses.
+run, so the datalist is checked first: as a whole by ``python -m bundle.data validate``, by the builder before it
+writes and by the cross-validation runner before its first fold, and at the start of training and evaluation
+(``check_datalist`` in the configs' entry points) on the lesions that run uses: ``trainval`` (the lesions it trains
+and validates on) for training, ``eval_part`` of ``fold`` for evaluation, selected by
+:func:`bundle.data.datalist.load_split` (the one definition of the splits). The datalist-wide checks (keys, labels,
+folds, duplicated ids, a patient in two folds) always cover every entry.
 
 Each scan is read once (however many lesions it has) and each mask once. Every problem found is reported, each as
 its own :class:`~bundle.errors.DataError` kind (:mod:`bundle.errors`) whose message names the file or entry and the
@@ -27,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from bundle.data.datalist import entry_problems, read_datalist
+from bundle.data.datalist import SPLIT_PARTS, entry_problems, load_split, read_datalist
 from bundle.data.paths import image_key, resolve, split_selector
 from bundle.data.readers import WholeBodyScanReader, check_counts
 from bundle.errors import (
@@ -55,14 +58,19 @@ DRAW_FIX = (
 
 @dataclass
 class ValidationReport:
-    """What :func:`validate` found: ``problems`` (each an exception), ``notes`` (warnings) and counts."""
+    """What :func:`validate` found: ``problems`` (each an exception), ``notes`` (warnings) and counts.
+
+    ``entries`` counts every datalist entry, ``checked`` those whose files were read (the ``scope``).
+    """
 
     source: str
     problems: list[Exception] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     entries: int = 0
+    checked: int = 0
     scans: int = 0
     masks: int = 0
+    scope: str = "all"
 
     @property
     def messages(self) -> list[str]:
@@ -135,8 +143,12 @@ def validate(
     pretrained_weights: str | os.PathLike | None = None,
     network: str = "resnet50",
     workers: int | None = None,
+    fold: int | None = None,
+    part: str = "all",
+    val_fraction: float = 0.1,
+    seed: int = 0,
 ) -> ValidationReport:
-    """Check a datalist and every file it names; collect all problems.
+    """Check a datalist and the files of the lesions a run uses; collect all problems.
 
     Args:
         datalist: path of the datalist JSON, its content (a dict with ``training``), or the list of entries.
@@ -149,10 +161,22 @@ def validate(
         pretrained_weights: also check this weights file against ``network``.
         network: network name for ``pretrained_weights`` (``bundle.nets.NETWORKS``).
         workers: threads reading files; default ``min(8, cpu count)``.
+        fold, part, val_fraction, seed: read only the files of this part of the split, as
+            :func:`~bundle.data.datalist.load_split` selects it (``trainval``: what training uses; ``all``, the
+            default: every entry, ``fold`` unused). The datalist-wide checks cover every entry whatever the part;
+            when they fail the split is undefined and every entry's files are read. A part other than ``all``
+            needs ``datalist`` as a file path and ``fold``.
 
     Returns:
         a :class:`ValidationReport`.
+
+    Raises:
+        ValueError: an unknown ``part``, or a part other than ``all`` without a datalist file or ``fold``.
     """
+    if part not in SPLIT_PARTS:
+        raise ValueError(f"part must be one of {SPLIT_PARTS}, got {part!r}")
+    if part != "all" and (fold is None or not isinstance(datalist, str | os.PathLike)):
+        raise ValueError(f"part {part!r} needs the datalist as a file path and a fold")
     source = str(datalist) if isinstance(datalist, str | os.PathLike) else "datalist"
     report = ValidationReport(source)
     if isinstance(datalist, str | os.PathLike):
@@ -174,10 +198,10 @@ def validate(
     num_folds = num_folds if num_folds is not None else content.get("num_folds")
     report.problems.extend(entry_problems(entries, num_folds))
 
-    usable = [e for e in entries if isinstance(e, dict) and all(k in e for k in ("image", "mask"))]
-    scans: dict[str, tuple[str | list[str], list[str]]] = {}
-    masks: dict[str, tuple[str, str, list[str]]] = {}  # mask → (path, scan key, users)
-    for i, entry in enumerate(usable):
+    usable: list[tuple[str, dict]] = []  # (lesion, entry) whose image and mask are paths
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not all(k in entry for k in ("image", "mask")):
+            continue
         lesion = str(entry.get("lesion_id", f"entry {i}"))
         image = entry["image"]
         if not isinstance(image, str) and not (
@@ -186,11 +210,24 @@ def validate(
             report.problems.append(
                 DataError(f"lesion_id {lesion!r}", f"image {image!r} is not a path or a list of two paths")
             )
-            continue
-        if not isinstance(entry["mask"], str):
+        elif not isinstance(entry["mask"], str):
             report.problems.append(DataError(f"lesion_id {lesion!r}", f"mask {entry['mask']!r} is not a path"))
-            continue
-        paths = resolve(image, dataset_dir)
+        else:
+            usable.append((lesion, entry))
+    if part != "all" and fold is not None and isinstance(datalist, str | os.PathLike) and not report.problems:
+        report.scope = f"fold {fold} {part}"
+        try:
+            selected = load_split(datalist, dataset_dir, fold, part, val_fraction, seed, check_files=False)
+        except ProblemsError as err:  # e.g. a fold that is not in the datalist
+            report.problems.extend(err.errors or [DataError(None, p) for p in err.problems])
+            return report
+        used = {e["lesion_id"] for e in selected}  # str, as are the lesions here
+        usable = [(lesion, entry) for lesion, entry in usable if lesion in used]
+    report.checked = len(usable)
+    scans: dict[str, tuple[str | list[str], list[str]]] = {}
+    masks: dict[str, tuple[str, str, list[str]]] = {}  # mask → (path, scan key, users)
+    for lesion, entry in usable:
+        paths = resolve(entry["image"], dataset_dir)
         key = image_key(paths)
         scans.setdefault(key, (paths, []))[1].append(lesion)
         mask = str(resolve(entry["mask"], dataset_dir))
@@ -279,11 +316,16 @@ def check_datalist(
     datalist: str | os.PathLike | dict | Sequence[dict],
     dataset_dir: str | os.PathLike | None = None,
     reader: WholeBodyScanReader | None = None,
-    num_folds: int | None = None,
+    fold: int | None = None,
+    part: str = "all",
+    val_fraction: float = 0.1,
+    seed: int = 0,
     allow_single_view: bool = False,
+    num_folds: int | None = None,
 ) -> ValidationReport:
-    """Validate before a run (configs' ``initialize``): log the notes, raise on any problem.
+    """Validate the lesions a run uses before it starts (configs' entry points): log the notes, raise on a problem.
 
+    Training passes ``fold`` and ``part="trainval"``, evaluation ``part=eval_part`` (see :func:`validate`);
     ``reader`` may be the config's ``image_reader``; ``None`` (MONAI's own choice of readers) is validated with a
     :class:`~bundle.data.readers.WholeBodyScanReader`.
 
@@ -293,12 +335,23 @@ def check_datalist(
     if reader is not None and not isinstance(reader, WholeBodyScanReader):
         logger.warning(f"image_reader {type(reader).__name__} is validated with WholeBodyScanReader's checks")
         reader = None
-    report = validate(datalist, dataset_dir, reader, num_folds, allow_single_view=allow_single_view)
+    report = validate(
+        datalist,
+        dataset_dir,
+        reader,
+        num_folds,
+        allow_single_view=allow_single_view,
+        fold=fold,
+        part=part,
+        val_fraction=val_fraction,
+        seed=seed,
+    )
     for note in report.notes:
         logger.warning(note)
     if report.problems:
         raise ProblemsError(report.source, report.problems)
     logger.info(
-        f"datalist {report.source}: {report.entries} lesions, {report.scans} scans, {report.masks} masks checked"
+        f"datalist {report.source} ({report.scope}): {report.checked} of {report.entries} lesions, "
+        f"{report.scans} scans, {report.masks} masks checked"
     )
     return report

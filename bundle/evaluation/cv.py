@@ -2,17 +2,20 @@
 
 Typical usage::
 
-    python -m bundle.cv --out outputs/cv                                     # 5 folds, ResNet50, paper settings
-    python -m bundle.cv --out outputs/cv --spatial_size "[128,64]" --max_epochs 15
-    python -m bundle.cv --out outputs/cv --compare resnet50,densenet169,vgg16,inception_v3
+    python -m bundle.evaluation cv --out outputs/cv                        # every fold, ResNet50, paper settings
+    python -m bundle.evaluation cv --out outputs/cv --spatial_size "[128,64]" --max_epochs 15
+    python -m bundle.evaluation cv --out outputs/cv --networks resnet50,densenet169,vgg16,inception_v3
+    python -m bundle.evaluation cv --out outputs/cv --folds 0 1            # two of the folds only
 
 Each fold runs the bundle's own workflows — ``configs/train.yaml`` (run id ``training``) and then
 ``configs/train.yaml`` + ``configs/evaluate.yaml`` (run id ``evaluating``) — with the overrides given here, into
 ``OUT/<network>/fold<k>/``. Any option that is not the runner's own is passed to the bundle as an override
-(``--max_epochs 5``, ``--spatial_size "[128,64]"``, ``--device cpu``, ``--dataset_dir ...``). A fold whose
-evaluation finished is skipped; an interrupted fold resumes from its newest checkpoint. At the end the out-of-fold
-predictions of all lesions are pooled into ``OUT/predictions.csv`` and ``python -m bundle.report`` writes
-``OUT/report/``.
+(``--max_epochs 5``, ``--spatial_size "[128,64]"``, ``--device cpu``, ``--dataset_dir ...``); ``--fold``,
+``--network_name`` and ``--output_dir`` are the runner's (``--folds``, ``--networks``, ``--out``). The datalist is
+validated once, every entry (each fold is a training fold of the others), before the first fold that runs; the
+folds then run with ``validate_data: false``. A fold whose evaluation finished is skipped; an interrupted fold
+resumes from its newest checkpoint. At the end the out-of-fold predictions of all lesions are pooled into
+``OUT/predictions.csv`` and the report (``python -m bundle.evaluation report``) is written to ``OUT/report/``.
 """
 
 from __future__ import annotations
@@ -33,15 +36,21 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from tqdm import tqdm
 
 from bundle.data.datalist import read_datalist
+from bundle.data.validation import check_datalist
 from bundle.engine.checkpoints import latest_checkpoint
 from bundle.evaluation.predictions import model_selection_note
 from bundle.evaluation.report import build_report, read_predictions, write_report
 from bundle.io import atomic_write_csv, atomic_write_text
+from bundle.nets import NETWORKS
 
 logger = logging.getLogger("bundle.evaluation.cv")
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"  # the bundle root holds the package
 POOLED_COLUMNS = ("lesion_id", "patient_id", "label", "probability", "prediction", "fold", "network")
+# bundle config ids the runner sets for each fold, and the runner's flag for each
+RUNNER_KEYS = {"fold": "--folds", "network_name": "--networks", "output_dir": "--out"}
+# former flags of the runner, refused instead of being passed on as bundle overrides
+RENAMED_FLAGS = {"--compare": "--networks", "--network": "--networks", "--no-report": "--no_report"}
 
 
 def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
@@ -67,6 +76,22 @@ def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
     return overrides
 
 
+def parse_networks(text: str) -> list[str]:
+    """``"resnet50,densenet169"`` → ``["resnet50", "densenet169"]``: known, distinct names, the first the reference.
+
+    Raises:
+        argparse.ArgumentTypeError: an empty list, an unknown or a repeated name.
+    """
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in NETWORKS]
+    if not names or unknown or len(set(names)) < len(names):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected distinct comma-separated names of {', '.join(NETWORKS)}"
+            + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+        )
+    return names
+
+
 class EpochCallback:
     """Trainer handler that calls ``callback()`` after every epoch (drives the progress bar across folds)."""
 
@@ -80,28 +105,66 @@ class EpochCallback:
 class CrossValidation:
     """Train and evaluate one network on every fold of a datalist, skipping finished folds and resuming others.
 
+    The datalist is validated once (every entry) before the first fold that runs, unless the overrides set
+    ``validate_data`` false; each fold's workflows then run with ``validate_data: false``.
+
     Args:
         out_dir: root of the per-fold output folders.
         overrides: bundle overrides applied to every fold (``fold``, ``output_dir`` and ``network_name`` are set
             by the runner).
         config_dir: folder holding ``train.yaml``, ``evaluate.yaml``, ``metadata.json`` and ``logging.conf``.
+
+    Raises:
+        ValueError: an override of a key that the runner sets, or of an id that neither config defines.
     """
 
     def __init__(self, out_dir: str | Path, overrides: dict[str, Any], config_dir: str | Path = CONFIG_DIR) -> None:
         self.out_dir = Path(out_dir)
         self.overrides = dict(overrides)
         self.config_dir = Path(config_dir)
+        reserved = [k for k in RUNNER_KEYS if k in overrides]
+        if reserved:
+            raise ValueError("set by the runner: " + ", ".join(f"--{k} (use {RUNNER_KEYS[k]})" for k in reserved))
         parser = ConfigParser()
         parser.read_config(str(self.config_dir / "train.yaml"))
+        evaluate = ConfigParser.load_config_file(str(self.config_dir / "evaluate.yaml"))
+        known = {k.lstrip("+").split("#")[0] for k in [*parser.get(), *evaluate]}
+        unknown = [k for k in overrides if k.split("#")[0] not in known]
+        if unknown:
+            raise ValueError(
+                f"not an id of train.yaml or evaluate.yaml: {', '.join('--' + k for k in unknown)} "
+                "(bundle overrides are --id value)"
+            )
         parser.update(self.overrides)
         self.datalist = str(parser.get_parsed_content("datalist"))
+        self.dataset_dir = str(parser.get_parsed_content("dataset_dir"))
+        self.image_reader = parser.get_parsed_content("image_reader")
+        self.validate_data = bool(parser.get_parsed_content("validate_data"))
         self.max_epochs = int(parser.get_parsed_content("train#trainer#max_epochs"))
         self.entries = read_datalist(self.datalist)["training"]
+        self.data_checked = False
 
-    def folds(self, num_folds: int | None = None) -> list[int]:
-        """Folds to run: ``0..num_folds-1``, by default every fold present in the datalist."""
-        present = sorted({int(e["fold"]) for e in self.entries})
-        return present if num_folds is None else list(range(num_folds))
+    def folds(self, selected: Sequence[int] | None = None) -> list[int]:
+        """Folds to run: ``selected`` (in that order, each once), by default every fold present in the datalist.
+
+        Raises:
+            ValueError: a selected fold that is not in the datalist.
+        """
+        present = sorted({e["fold"] for e in self.entries if isinstance(e, dict) and isinstance(e.get("fold"), int)})
+        if selected is None:
+            return present
+        missing = sorted({f for f in selected if f not in present})
+        if missing:
+            raise ValueError(f"fold(s) {missing} not in {self.datalist} (folds present: {present})")
+        return list(dict.fromkeys(selected))
+
+    def check_data(self) -> None:
+        """Validate every datalist entry and file once (each fold trains on the others); raises on a problem."""
+        if self.data_checked:
+            return
+        if self.validate_data:
+            check_datalist(self.datalist, self.dataset_dir, self.image_reader)
+        self.data_checked = True
 
     def fold_dir(self, network: str, fold: int) -> Path:
         return self.out_dir / network / f"fold{fold}"
@@ -116,9 +179,14 @@ class CrossValidation:
             logging_file=str(self.config_dir / "logging.conf"),
             workflow_type=None if evaluate else "train",
             run_id="evaluating" if evaluate else "training",
-            **{**self.overrides, "fold": fold, "output_dir": str(self.fold_dir(network, fold))},
-            network_name=network,
-            **extra,
+            **{
+                **self.overrides,
+                "fold": fold,
+                "output_dir": str(self.fold_dir(network, fold)),
+                "network_name": network,
+                "validate_data": False,  # validated once for all folds (check_data)
+                **extra,
+            },
         )
 
     def run_fold(self, network: str, fold: int, on_epoch: Callable[[], None] | None = None) -> dict[str, Any]:
@@ -129,6 +197,7 @@ class CrossValidation:
             logger.info(f"{network} fold {fold}: finished earlier, skipped ({metrics_file})")
             return {"fold": fold, "network": network, "skipped": True, **json.loads(metrics_file.read_text())}
 
+        self.check_data()
         started = time.perf_counter()
         if not (fold_dir / "checkpoints" / "model_final.pt").is_file():
             try:
@@ -170,27 +239,51 @@ class CrossValidation:
         return rows
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def get_args_parser() -> argparse.ArgumentParser:
+    """Command-line flags of ``python -m bundle.evaluation cv`` (other ``--key value`` pairs: bundle overrides)."""
     parser = argparse.ArgumentParser(
-        prog="python -m bundle.cv",
+        prog="python -m bundle.evaluation cv",
         description=__doc__.split("\n\n")[0],
-        epilog="Other --key value options are bundle overrides, e.g. --max_epochs 5 --spatial_size '[128,64]'.",
+        epilog="Other --key value options are bundle overrides, e.g. --max_epochs 5 --spatial_size '[128,64]' "
+        "--dataset_dir DIR; --fold, --network_name and --output_dir are the runner's (--folds, --networks, --out).",
+        allow_abbrev=False,  # an override such as --fold must not be taken for --folds
     )
     parser.add_argument("--out", required=True, help="output folder (created; reused to resume)")
-    parser.add_argument("--folds", type=int, default=None, help="run folds 0..K-1 (default: every fold present)")
-    parser.add_argument("--network", default="resnet50", help="network to cross-validate (default: resnet50)")
     parser.add_argument(
-        "--compare", default=None, help="comma-separated networks on the same folds, e.g. resnet50,densenet169"
+        "--folds",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="FOLD",
+        help="indices of the folds to run, each the held-out test fold once (default: every fold in the datalist)",
+    )
+    parser.add_argument(
+        "--networks",
+        type=parse_networks,
+        default="resnet50",
+        help=f"comma-separated networks ({', '.join(NETWORKS)}), each on the same folds; the first is the "
+        "report's reference (default: resnet50)",
     )
     parser.add_argument("--threshold", type=float, default=0.5, help="malignancy threshold (default: 0.5)")
     parser.add_argument("--bootstrap", type=int, default=2000, help="patient bootstrap resamples (default: 2000)")
-    parser.add_argument("--no-report", action="store_true", help="skip the report at the end")
-    args, rest = parser.parse_known_args(argv)
-    overrides = parse_overrides(rest)
-    networks = [n.strip() for n in args.compare.split(",")] if args.compare else [args.network]
+    parser.add_argument("--no_report", action="store_true", help="skip the report at the end (default: off)")
+    return parser
 
-    cv = CrossValidation(args.out, overrides)
-    folds = cv.folds(args.folds)
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the cross-validation command line; returns the exit status."""
+    parser = get_args_parser()
+    args, rest = parser.parse_known_args(argv)
+    for token in rest:
+        if token.split("=")[0] in RENAMED_FLAGS:
+            parser.error(f"{token.split('=')[0]} is now {RENAMED_FLAGS[token.split('=')[0]]}")
+    overrides = {**parse_overrides(rest), "threshold": args.threshold}  # the folds' metrics use the same threshold
+    networks: list[str] = args.networks
+    try:
+        cv = CrossValidation(args.out, overrides)
+        folds = cv.folds(args.folds)
+    except ValueError as err:
+        parser.error(str(err))
     summaries = []
     total = len(networks) * len(folds) * cv.max_epochs
     with tqdm(total=total, desc="cross-validation epochs", unit="epoch", file=sys.stderr) as bar:

@@ -2,9 +2,9 @@
 
 Typical usage examples::
 
-    python -m bundle.report outputs/cv/predictions.csv --datalist data/datalist.json --out outputs/report \\
-        --selection-note "checkpoint chosen on an inner validation split of the training folds"
-    python -m bundle.report resnet50.csv densenet169.csv --datalist data/datalist.json --out outputs/report
+    python -m bundle.evaluation report outputs/cv/predictions.csv --datalist data/datalist.json \\
+        --out outputs/report --selection_note "checkpoint chosen on an inner validation split of the training folds"
+    python -m bundle.evaluation report resnet50.csv densenet169.csv --datalist data/datalist.json --out outputs/report
 
 or from Python (the cross-validation runner)::
 
@@ -812,23 +812,34 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike) -> dict[
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    """Command-line flags of ``python -m bundle.report``."""
+    """Command-line flags of ``python -m bundle.evaluation report``."""
     parser = argparse.ArgumentParser(
-        prog="python -m bundle.report", description=__doc__.split("\n\n")[0], allow_abbrev=False
+        prog="python -m bundle.evaluation report", description=__doc__.split("\n\n")[0], allow_abbrev=False
     )
     parser.add_argument("predictions", nargs="+", help="predictions CSV file(s), one row per out-of-fold lesion")
     parser.add_argument("--datalist", required=True, help="datalist JSON the predictions were made on")
     parser.add_argument("--out", required=True, help="output folder of report.md/.html/.json and figures/")
-    parser.add_argument("--threshold", type=float, default=0.5, help="malignant when probability >= this (0.5)")
-    parser.add_argument("--bootstrap", type=int, default=2000, help="patient-cluster bootstrap resamples, 0 = off")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (0)")
     parser.add_argument(
-        "--reference-network", default=None, help="network of Tables 2/4/5 and the AUC comparisons (resnet50)"
+        "--threshold", type=float, default=0.5, help="malignant when probability >= this (default: 0.5)"
     )
     parser.add_argument(
-        "--network", default=DEFAULT_NETWORK, help="name of CSV rows without a `network` column (resnet50)"
+        "--bootstrap", type=int, default=2000, help="patient-cluster bootstrap resamples, 0 = off (default: 2000)"
     )
-    parser.add_argument("--selection-note", default=None, help="how the evaluated checkpoints were selected")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    parser.add_argument(
+        "--reference_network",
+        default=None,
+        help=f"network of Tables 2/4/5 and the AUC comparisons (default: {DEFAULT_NETWORK} when present, "
+        "else the first network)",
+    )
+    parser.add_argument(
+        "--network_name",
+        default=DEFAULT_NETWORK,
+        help=f"network of CSV rows without a `network` column (default: {DEFAULT_NETWORK})",
+    )
+    parser.add_argument(
+        "--selection_note", default=None, help="how the evaluated checkpoints were selected (default: none)"
+    )
     return parser
 
 
@@ -836,7 +847,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 on input errors, printed to stderr)."""
     args = get_args_parser().parse_args(argv)
     try:
-        rows = [row for path in args.predictions for row in read_predictions(path, args.network)]
+        rows = [row for path in args.predictions for row in read_predictions(path, args.network_name)]
         entries = read_datalist(args.datalist)["training"]
         report = build_report(
             rows,
@@ -846,7 +857,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             reference_network=args.reference_network,
             selection_note=args.selection_note,
-            default_network=args.network,
+            default_network=args.network_name,
             inputs={"predictions": [str(p) for p in args.predictions], "datalist": str(args.datalist)},
         )
     except (ProblemsError, ValueError) as err:

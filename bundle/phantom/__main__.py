@@ -18,6 +18,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         prog="python -m bundle.phantom",
         description="Generate synthetic whole-body bone scans (anterior | mirrored posterior) with per-lesion masks, "
         "benign/malignant labels and a datalist with patient-grouped folds.",
+        allow_abbrev=False,
     )
     parser.add_argument("--out", required=True, help="output directory (created; must be absent or empty)")
     parser.add_argument("--patients", type=int, default=100, help="number of patients, one scan each (default: 100)")
@@ -33,7 +34,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="divides the malignancy logit; higher = p_malignant nearer 0.5 = lower best-possible AUC "
         "(default: 1.0, best AUC about 0.92)",
     )
-    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds, grouped by patient (default: 5)")
+    parser.add_argument(
+        "--num_folds", type=int, default=5, help="cross-validation folds, grouped by patient (default: 5)"
+    )
     parser.add_argument("--height", type=int, default=1024, help="image rows, head to feet (default: 1024)")
     parser.add_argument("--width", type=int, default=512, help="image columns, both views side by side (default: 512)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
@@ -53,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.seed,
             config=config,
             fmt=args.format,
-            num_folds=args.folds,
+            num_folds=args.num_folds,
             overwrite=args.overwrite,
             workers=args.workers,
             progress=lambda it: tqdm(it, total=args.patients, desc="patients", unit="pt"),
