@@ -9,7 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bundle.data.datalist import assign_folds, check_entries, load_split, write_datalist
+from bundle.data.datalist import (
+    assign_folds,
+    burden_group,
+    check_entries,
+    lesions_per_image,
+    load_split,
+    repeated_lesion_ids,
+    write_datalist,
+)
 from bundle.errors import ProblemsError
 
 
@@ -146,3 +154,24 @@ def test_read_errors_name_the_file(tmp_path):
     bad.write_text(json.dumps({"entries": []}))
     with pytest.raises(ProblemsError, match='"training" list'):
         load_split(bad, tmp_path)
+
+
+@pytest.mark.parametrize(("n", "group"), [(1, "few"), (3, "few"), (4, "medium"), (6, "medium"), (7, "extensive")])
+def test_burden_group(n: int, group: str) -> None:
+    assert burden_group(n) == group
+
+
+def test_burden_group_rejects_zero() -> None:
+    with pytest.raises(ValueError):
+        burden_group(0)
+
+
+def test_lesions_per_image_counts_a_scan_given_as_two_files_as_one_image():
+    entries = [{"image": "a.dcm"}, {"image": "a.dcm"}, {"image": ["p_ant.dcm", "p_post.dcm"]}, {"image": None}]
+    entries.append({"image": ["p_ant.dcm", "p_post.dcm"]})
+    assert lesions_per_image(entries) == {"a.dcm": 2, "p_ant.dcm|p_post.dcm": 2}
+
+
+def test_repeated_lesion_ids():
+    assert repeated_lesion_ids(["L1", "L2", "L1", 3, "3", "L1"]) == {"L1": 3, "3": 2}
+    assert repeated_lesion_ids(["L1", "L2"]) == {}

@@ -14,11 +14,11 @@ import pytest
 from scipy.stats import binomtest, chi2_contingency
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
+from bundle.data.datalist import burden_group
 from bundle.errors import ProblemsError
 from bundle.evaluation.metrics import MIN_CASES_PER_CLASS, youden_threshold
 from bundle.evaluation.report import (
     build_report,
-    burden_group,
     main,
     read_predictions,
     to_jsonable,
@@ -136,16 +136,6 @@ def _arrays(rows: list[dict], network: str = "resnet50") -> tuple[np.ndarray, np
 
 
 # --- group assignment -------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("n", "group"), [(1, "few"), (3, "few"), (4, "medium"), (6, "medium"), (7, "extensive")])
-def test_burden_group(n: int, group: str) -> None:
-    assert burden_group(n) == group
-
-
-def test_burden_group_rejects_zero() -> None:
-    with pytest.raises(ValueError):
-        burden_group(0)
 
 
 def test_tumor_group() -> None:

@@ -6,14 +6,13 @@ from __future__ import annotations
 import csv
 import os
 import re
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pydicom
 
-from bundle.data.datalist import OPTIONAL_KEYS, REQUIRED_KEYS, assign_folds
+from bundle.data.datalist import OPTIONAL_KEYS, REQUIRED_KEYS, assign_folds, lesions_per_image
 from bundle.data.paths import image_key, resolve, sniff_format, split_selector, stem
 from bundle.data.readers import WholeBodyScanReader
 from bundle.data.validation import validate
@@ -310,7 +309,7 @@ def build_datalist(
     if not entries:
         all_problems.append(BuildError(source, "no lesion found", "see docs/data.md for the expected layout"))
         return None, all_problems, notes
-    per_image = Counter(image_key(e["image"]) for e in entries)
+    per_image = lesions_per_image(entries)
     for e in entries:
         e["lesions_in_image"] = per_image[image_key(e["image"])]
     try:

@@ -21,9 +21,10 @@ Built and checked on the command line (``docs/data.md``)::
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,26 @@ REQUIRED_KEYS = ("image", "mask", "label", "patient_id", "lesion_id", "fold")
 OPTIONAL_KEYS = ("tumor_type", "lesions_in_image")
 SPLIT_PARTS = ("train", "val", "test", "trainval", "all")
 LABEL_NAMES = {0: "benign", 1: "malignant"}
+# the paper's lesion-burden groups (its Table 4) by the number of lesions on the image, inclusive ranges
+BURDEN_GROUPS = {"few": (1, 3), "medium": (4, 6), "extensive": (7, math.inf)}
+BURDEN_LABELS = {"few": "Few (1–3)", "medium": "Medium (4–6)", "extensive": "Extensive (>6)"}
+
+
+def burden_group(lesions_in_image: int) -> str:
+    """Lesion-burden group of an image by its number of lesions: 1-3 ``few``, 4-6 ``medium``, >6 ``extensive``."""
+    if lesions_in_image < 1:
+        raise ValueError(f"an image with a lesion has at least 1 lesion, got {lesions_in_image}")
+    return next(g for g, (lo, hi) in BURDEN_GROUPS.items() if lo <= lesions_in_image <= hi)
+
+
+def lesions_per_image(entries: Sequence[Mapping[str, Any]]) -> Counter:
+    """Number of entries (lesions) per image, keyed by :func:`~bundle.data.paths.image_key` of ``image``."""
+    return Counter(image_key(e["image"]) for e in entries if e.get("image") is not None)
+
+
+def repeated_lesion_ids(lesion_ids: Iterable[Any]) -> dict[str, int]:
+    """The lesion ids that occur more than once, with their counts (lesion ids must be unique)."""
+    return {k: n for k, n in Counter(str(i) for i in lesion_ids).items() if n > 1}
 
 
 def assign_folds(entries: Sequence[dict], num_folds: int = 5, seed: int = 0) -> list[dict]:
@@ -142,13 +163,12 @@ def entry_problems(entries: Sequence[Any], num_folds: int | None = None) -> list
             continue
         valid.append(entry)
 
-    for lesion_id, n in Counter(str(e["lesion_id"]) for e in valid).items():
-        if n > 1:
-            problems.append(
-                DuplicateLesionError(
-                    None, f"lesion_id {lesion_id!r} appears {n} times; lesion ids must be unique", "rename the copies"
-                )
+    for lesion_id, n in repeated_lesion_ids(e["lesion_id"] for e in valid).items():
+        problems.append(
+            DuplicateLesionError(
+                None, f"lesion_id {lesion_id!r} appears {n} times; lesion ids must be unique", "rename the copies"
             )
+        )
     folds_of_patient: dict[str, set[int]] = defaultdict(set)
     for e in valid:
         folds_of_patient[str(e["patient_id"])].add(e["fold"])
@@ -189,7 +209,7 @@ def entry_files(entry: dict) -> list[tuple[str, str]]:
 
 def normalise_entries(entries: Sequence[dict], dataset_dir: str | os.PathLike) -> list[dict]:
     """Entries with absolute paths and exactly the keys the pipeline uses (optional keys filled in)."""
-    per_image = Counter(image_key(e["image"]) for e in entries)
+    per_image = lesions_per_image(entries)
     out = []
     for e in entries:
         out.append(

@@ -33,6 +33,7 @@ from monai.transforms import Compose, MapTransform, Randomizable
 from monai.utils import ensure_tuple
 
 from bundle.data.builder import LABEL_FOLDERS, collect_folder, collect_unlabelled_folder
+from bundle.data.datalist import repeated_lesion_ids
 from bundle.data.paths import resolve
 from bundle.data.readers import WholeBodyScanReader
 from bundle.engine.writers import ERROR_KEY, FAILED_FILE_KEY, META_KEYS
@@ -105,10 +106,7 @@ def items_from_datalist(
 
 
 def _check_unique(items: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
-    seen: dict[str, int] = {}
-    for item in items:
-        seen[item["lesion_id"]] = seen.get(item["lesion_id"], 0) + 1
-    repeated = sorted(k for k, n in seen.items() if n > 1)
+    repeated = sorted(repeated_lesion_ids(item["lesion_id"] for item in items))
     if repeated:
         raise ValueError(f"{source}: lesion ids must be unique; repeated: {', '.join(repeated[:10])}")
     return items

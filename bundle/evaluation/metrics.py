@@ -7,10 +7,12 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy.sparse import csr_matrix
-from scipy.stats import chi2_contingency, norm, rankdata
+from scipy.stats import binomtest, chi2_contingency, norm, rankdata
 from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 
-METRIC_NAMES = ("sensitivity", "specificity", "accuracy", "ppv", "npv", "auc")
+# the paper's lesion-level metrics: the five proportions, then ROC AUC
+PROPORTION_NAMES = ("sensitivity", "specificity", "accuracy", "ppv", "npv")
+METRIC_NAMES = (*PROPORTION_NAMES, "auc")
 
 
 def _ratio(num: int, den: int) -> float:
@@ -95,7 +97,7 @@ def _z(confidence: float) -> float:
 def wilson_ci(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval (no continuity correction) of a binomial proportion ``successes / n``.
 
-    Same as ``scipy.stats.binomtest(successes, n).proportion_ci(confidence, method="wilson")``. Unlike the Wald
+    Computed by ``scipy.stats.binomtest(successes, n).proportion_ci(confidence, method="wilson")``. Unlike the Wald
     interval it stays inside [0, 1] and keeps close to nominal coverage for proportions near 0 or 1.
 
     Returns:
@@ -105,12 +107,9 @@ def wilson_ci(successes: int, n: int, confidence: float = 0.95) -> tuple[float, 
         raise ValueError(f"need 0 <= successes <= n, got successes={successes}, n={n}")
     if n == 0:
         return math.nan, math.nan
-    z = _z(confidence)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    _z(confidence)  # the same check of `confidence` as the other intervals
+    interval = binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return max(0.0, float(interval.low)), min(1.0, float(interval.high))
 
 
 def proportion(successes: int, n: int, confidence: float = 0.95) -> dict[str, float | int | None]:

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from bundle.evaluation.metrics import PROPORTION_NAMES
+
 LABEL = "Liu et al. 2021 (published, not recomputed)"
 CITATION = (
     "Liu Y, Yang P, Pi Y, et al. Automatic identification of suspicious bone metastatic lesions in bone scintigraphy "
     "using convolutional neural network. BMC Med Imaging. 2021;21:131. doi:10.1186/s12880-021-00662-9"
 )
 
-PROPORTION_METRICS = ("sensitivity", "specificity", "accuracy", "ppv", "npv")
 
 # Table 1: the summary of patient-based and lesion-based analysis in all WBS images (rates in percent).
 TABLE1: dict[str, dict[str, dict[str, float]]] = {
@@ -175,7 +176,7 @@ def published() -> dict[str, Any]:
     def conv(table: dict[str, dict[str, Any]], groups: tuple[str, ...]) -> dict[str, dict[str, Any]]:
         out = {}
         for metric, row in table.items():
-            scale = percent_to_fraction if metric in PROPORTION_METRICS else (lambda v: v)
+            scale = percent_to_fraction if metric in PROPORTION_NAMES else (lambda v: v)
             out[metric] = {g: scale(row[g]) for g in groups} | {k: row[k] for k in ("chi2", "p") if k in row}
         return out
 
@@ -185,12 +186,12 @@ def published() -> dict[str, Any]:
         "table1": TABLE1,
         "table1_benign_lesions_consistent": TABLE1_BENIGN_LESIONS_CONSISTENT,
         "table2_folds": [
-            {k: (percent_to_fraction(v) if k in PROPORTION_METRICS else v) for k, v in fold.items()}
+            {k: (percent_to_fraction(v) if k in PROPORTION_NAMES else v) for k, v in fold.items()}
             for fold in TABLE2_FOLDS
         ],
         "table2_average": {k: percent_to_fraction(v) for k, v in TABLE2_AVERAGE.items()},
         "table3": {
-            net: {k: (percent_to_fraction(v) if k in PROPORTION_METRICS else v) for k, v in row.items()}
+            net: {k: (percent_to_fraction(v) if k in PROPORTION_NAMES else v) for k, v in row.items()}
             for net, row in TABLE3.items()
         },
         "table4": conv(TABLE4, BURDEN_GROUPS),

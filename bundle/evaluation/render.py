@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from bundle.data.datalist import BURDEN_LABELS
+from bundle.evaluation.metrics import PROPORTION_NAMES
 from bundle.io import atomic_write
 
 PUBLISHED = "Liu et al. 2021 (published, not recomputed)"
@@ -30,17 +32,8 @@ METRIC_LABELS = {
     "npv": "NPV",
     "auc": "AUC",
 }
-PROPORTION_NAMES = ("sensitivity", "specificity", "accuracy", "ppv", "npv")
-GROUP_LABELS = {
-    "few": "Few (1–3)",
-    "medium": "Medium (4–6)",
-    "extensive": "Extensive (>6)",
-    "lung": "Lung",
-    "prostate": "Prostate",
-    "breast": "Breast",
-    "other": "Other",
-    "unknown": "Unknown",
-}
+TUMOR_LABELS = {"lung": "Lung", "prostate": "Prostate", "breast": "Breast", "other": "Other", "unknown": "Unknown"}
+GROUP_LABELS = {**BURDEN_LABELS, **TUMOR_LABELS}
 METHOD_LABELS = {
     "proportions": "Proportions",
     "auc": "AUC",

@@ -35,11 +35,14 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from bundle.data.datalist import read_datalist
+from bundle.data.datalist import BURDEN_GROUPS, BURDEN_LABELS, burden_group, lesions_per_image, read_datalist
+from bundle.data.paths import image_key
 from bundle.errors import ProblemsError
 from bundle.evaluation import paper_results
 from bundle.evaluation.metrics import (
+    METRIC_NAMES,
     MIN_CASES_PER_CLASS,
+    PROPORTION_NAMES,
     PROPORTIONS,
     chi_square_across_groups,
     group_status,
@@ -48,22 +51,16 @@ from bundle.evaluation.metrics import (
     weighted_auc_matrix,
     youden_threshold,
 )
-from bundle.evaluation.render import render_figures, render_html, render_markdown
+from bundle.evaluation.predictions import PREDICTION_COLUMNS
+from bundle.evaluation.render import TUMOR_LABELS, render_figures, render_html, render_markdown
 from bundle.io import atomic_write_text
 
 SCHEMA_VERSION = 1
 CONFIDENCE = 0.95
 DEFAULT_NETWORK = "resnet50"
-REQUIRED_COLUMNS = ("lesion_id", "patient_id", "label", "probability", "prediction")
-OPTIONAL_COLUMNS = ("fold", "network")
-PROPORTION_NAMES = tuple(PROPORTIONS)  # sensitivity, specificity, accuracy, ppv, npv
-METRICS = (*PROPORTION_NAMES, "auc")
 NETWORK_ORDER = ("resnet50", "inception_v3", "vgg16", "densenet169")
 
-BURDEN_GROUPS = ("few", "medium", "extensive")
-BURDEN_LABELS = {"few": "Few (1–3)", "medium": "Medium (4–6)", "extensive": "Extensive (>6)"}
 TUMOR_GROUPS = ("lung", "prostate", "breast", "other", "unknown")
-TUMOR_LABELS = {"lung": "Lung", "prostate": "Prostate", "breast": "Breast", "other": "Other", "unknown": "Unknown"}
 UNKNOWN_TUMOR_VALUES = ("", "unknown", "none", "null", "nan")
 BOOTSTRAP_CHUNK = 250
 ROC_MAX_POINTS = 400  # vertices kept per ROC curve in report.json (drawing only; AUCs use every lesion)
@@ -90,13 +87,6 @@ METHODS = {
 # ---------------------------------------------------------------------------------------------------------------------
 # Inputs
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def burden_group(lesions_in_image: int) -> str:
-    """Lesion-burden group of an image by its number of lesions: 1-3 ``few``, 4-6 ``medium``, >6 ``extensive``."""
-    if lesions_in_image < 1:
-        raise ValueError(f"an image with a lesion has at least 1 lesion, got {lesions_in_image}")
-    return "few" if lesions_in_image <= 3 else "medium" if lesions_in_image <= 6 else "extensive"
 
 
 def tumor_group(tumor_type: Any) -> str:
@@ -137,7 +127,7 @@ def read_predictions(path: str | os.PathLike, network: str | None = None) -> lis
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         columns = [c.strip() for c in reader.fieldnames or []]
-        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+        missing = [c for c in PREDICTION_COLUMNS if c not in columns]
         if missing:
             raise ProblemsError(path, [f"missing column(s) {', '.join(missing)}; found {columns}"])
         for line, raw in enumerate(reader, start=2):
@@ -210,14 +200,15 @@ class Lesions:
 
 
 def _lesions_per_image(entries: Sequence[Mapping[str, Any]]) -> dict[str, int | None]:
-    per_image = Counter(str(e["image"]) for e in entries if e.get("image") is not None)
+    """``lesions_in_image`` of each lesion id, as given in the datalist, else counted on its image."""
+    per_image = lesions_per_image(entries)
     out: dict[str, int | None] = {}
     for e in entries:
         given = e.get("lesions_in_image")
         if given is not None and str(given).strip() != "":
             out[str(e["lesion_id"])] = int(given)
         else:
-            out[str(e["lesion_id"])] = per_image[str(e["image"])] if e.get("image") is not None else None
+            out[str(e["lesion_id"])] = per_image[image_key(e["image"])] if e.get("image") is not None else None
     return out
 
 
@@ -372,7 +363,7 @@ def _lesion_counts(lesions: Lesions) -> dict[str, int]:
 
 def _mean_sd(blocks: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     out = {}
-    for name in METRICS:
+    for name in METRIC_NAMES:
         values = [b[name]["value"] for b in blocks if b[name]["value"] is not None and not math.isnan(b[name]["value"])]
         out[name] = {
             "mean": float(np.mean(values)) if values else None,
@@ -764,7 +755,7 @@ def build_report(
         "dataset": _dataset_summary(lesions),
         "table2": _table2(lesions, threshold),
         "table3": _table3(by_net, reference, threshold),
-        "table4": _subgroup_table(lesions, "burden", BURDEN_GROUPS, BURDEN_LABELS, threshold),
+        "table4": _subgroup_table(lesions, "burden", tuple(BURDEN_GROUPS), BURDEN_LABELS, threshold),
         "table5": _subgroup_table(lesions, "tumor", TUMOR_GROUPS, TUMOR_LABELS, threshold),
         "patient_level": _patient_level(lesions, threshold),
         "youden": _youden(lesions, threshold),

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from bundle.data.datalist import assign_folds, write_datalist
+from bundle.data.datalist import BURDEN_GROUPS, assign_folds, write_datalist
 from bundle.io import current_umask
 from bundle.phantom.lesions import TUMOR_TYPES
 from bundle.phantom.scan import PhantomConfig, PhantomScan, generate_patient, patient_rng
@@ -25,7 +25,6 @@ from bundle.phantom.writers import WRITERS
 
 GENERATOR_VERSION = "1.0.0"
 DATASET_NAME = "bone-scan-phantom"
-BURDEN_GROUPS = {"1-3": (1, 3), "4-6": (4, 6), ">6": (7, math.inf)}
 
 
 class OutputDirectoryError(FileExistsError):
