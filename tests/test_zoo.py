@@ -28,7 +28,7 @@ def zoo(tmp_path_factory) -> Path:
     """A model-zoo checkout with the bundle at models/<name>/ (its files and a seeded models/model.pt)."""
     root = tmp_path_factory.mktemp("model-zoo")
     bundle = root / "models" / NAME
-    for item in ("configs", "docs", "LICENSE", "large_files.yml"):
+    for item in ("configs", "docs", "LICENSE"):
         source = REPO_ROOT / item
         (shutil.copytree if source.is_dir() else shutil.copy)(source, bundle / item)
     (bundle / "models").mkdir()
@@ -39,7 +39,7 @@ def zoo(tmp_path_factory) -> Path:
 
 def test_files_version_and_changelog(zoo):
     bundle = zoo / "models" / NAME
-    for name in ("configs/metadata.json", "LICENSE", "models/model.pt", "configs/inference.yaml", "large_files.yml"):
+    for name in ("configs/metadata.json", "LICENSE", "models/model.pt", "configs/inference.yaml"):
         assert (bundle / name).is_file(), name
     metadata = json.loads((bundle / "configs/metadata.json").read_text())
     assert metadata["version"] in metadata["changelog"]
