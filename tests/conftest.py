@@ -34,27 +34,31 @@ def bundle_path(arg: str) -> str:
     return arg.replace("'configs/", f"'{REPO_ROOT}/configs/") if arg.startswith("['configs/") else arg
 
 
+def run_python(
+    *args: str, check: bool = True, timeout: int = 600, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``python ARGS`` from ``cwd`` (default: a folder outside the bundle); output captured, exit status checked
+    unless ``check`` is false."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    workdir = cwd if cwd is not None else Path(tempfile.gettempdir())
+    result = subprocess.run(
+        [sys.executable, *args], cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args[:3])} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
 def run_bundle(
     *args: str, check: bool = True, timeout: int = 600, cwd: Path | None = None, bundle_root: Path = REPO_ROOT
 ) -> subprocess.CompletedProcess:
     """Run ``python -m monai.bundle ARGS --bundle_root BUNDLE_ROOT`` from a folder outside the bundle, as MONAI Label,
     MONAI Deploy and the Model Zoo's CI do (config paths in ARGS may be relative to the bundle root); output captured.
     """
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    workdir = cwd if cwd is not None else Path(tempfile.gettempdir())
-    result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *map(bundle_path, args), "--bundle_root", str(bundle_root)],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"bundle run failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-        )
-    return result
+    bundle_args = [*map(bundle_path, args), "--bundle_root", str(bundle_root)]
+    return run_python("-m", "monai.bundle", *bundle_args, check=check, timeout=timeout, cwd=cwd)
 
 
 def train_tiny(dataset_dir: Path, output_dir: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:

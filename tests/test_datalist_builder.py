@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ from bundle.data.builder import build_datalist
 from bundle.data.dicom_nm import split_views
 from bundle.phantom.dicom import write_nm_whole_body, write_phantom_image, write_phantom_mask, write_seg
 
-from .conftest import REPO_ROOT, save_nifti
+from .conftest import run_bundle, run_python, save_nifti
 
 H, W = 32, 32
 
@@ -183,12 +181,6 @@ def test_folds_group_patients_and_are_stratified(tmp_path):
 
 
 # ---- end to end -------------------------------------------------------------------------------------------------
-def run(*args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, f"{args}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
-
-
 @pytest.mark.slow
 def test_tiny_training_run_from_phantom_dicom(tmp_path):
     from bundle.phantom.dataset import generate_dataset
@@ -204,7 +196,7 @@ def test_tiny_training_run_from_phantom_dicom(tmp_path):
         writer.writerow(["image", "mask", "label", "patient_id", "tumor_type"])
         for e in phantom["training"]:
             writer.writerow([e["image"], e["mask"], e["label"], e["patient_id"], e["tumor_type"]])
-    run("-m", "bundle.data", "build", str(data / "lesions.csv"), "--num_folds", "2", "--overwrite")
+    run_python("-m", "bundle.data", "build", str(data / "lesions.csv"), "--num_folds", "2", "--overwrite")
     built = json.loads((data / "datalist.json").read_text())
     assert len(built["training"]) == len(phantom["training"])
     assert built["training"][0]["image"].endswith(".dcm") and built["training"][0]["mask"].endswith(".dcm")
@@ -213,10 +205,10 @@ def test_tiny_training_run_from_phantom_dicom(tmp_path):
     tiny = ["--spatial_size", "[64,32]", "--batch_size", "4", "--num_workers", "0", "--val_fraction", "0.5"]
     out = tmp_path / "out"
     common = ["--dataset_dir", str(data), "--output_dir", str(out), *tiny]
-    run("-m", "monai.bundle", "run", "training", "--config_file", "configs/train.yaml", "--max_epochs", "1", *common)
+    run_bundle("run", "training", "--config_file", "configs/train.yaml", "--max_epochs", "1", *common, timeout=900)
     assert (out / "checkpoints" / "model.pt").is_file()
     configs = "['configs/train.yaml','configs/evaluate.yaml']"
-    run("-m", "monai.bundle", "run", "evaluating", "--config_file", configs, *common)
+    run_bundle("run", "evaluating", "--config_file", configs, *common, timeout=900)
     predictions = (out / "eval" / "predictions.csv").read_text().strip().splitlines()
     assert len(predictions) == 1 + test_lesions
     assert (out / "eval" / "metrics.json").is_file()
