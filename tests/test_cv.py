@@ -14,7 +14,7 @@ from bundle.data.datalist import read_datalist
 from bundle.evaluation.__main__ import main as evaluation_main
 from bundle.evaluation.cv import get_args_parser, main, parse_networks, parse_overrides
 
-from .conftest import REPO_ROOT, evaluate_tiny, train_tiny
+from .conftest import evaluate_tiny, train_tiny
 
 
 def test_parse_overrides_reads_yaml_values():
@@ -94,8 +94,9 @@ def test_evaluation_help_lists_every_command_and_flag(capsys):
     assert exit_.value.code == 2 and "invalid choice: 'validate'" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_two_fold_cross_validation_end_to_end(phantom_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(REPO_ROOT)
+    monkeypatch.chdir(tmp_path)  # outside the bundle
     validations: list[validation.ValidationReport] = []
     real_validate = validation.validate
 

@@ -96,6 +96,7 @@ def test_preprocessing_is_train_yaml_s(tmp_path, monkeypatch):
     assert "LoadImaged" not in text and "build_network" not in text and "%configs/" not in text.split("\nimports")[1]
 
 
+@pytest.mark.integration
 def test_inference_equals_evaluation(phantom, checkpoint, tmp_path):
     """One row per lesion, with the probabilities evaluate.yaml computes from the same checkpoint (1e-5)."""
     infer_out, eval_out = tmp_path / "infer", tmp_path / "eval"
@@ -142,6 +143,7 @@ def test_inference_equals_evaluation(phantom, checkpoint, tmp_path):
     assert not [p for p in infer_out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+@pytest.mark.integration
 def test_corrupt_scan_is_reported_and_skipped(phantom, checkpoint, tmp_path):
     """A truncated scan and a garbage mask among good ones: the rest is classified, failures listed, exit 1."""
     entries = json.loads((phantom / "datalist.json").read_text())["training"]
@@ -389,6 +391,7 @@ def test_folder_input_in_the_training_layout(phantom, tmp_path):
     assert all(os.path.isfile(i["image"]) for i in items)
 
 
+@pytest.mark.integration
 def test_missing_dataset_dir_stops_the_run_naming_it(checkpoint, tmp_path):
     missing = tmp_path / "no_scans_here"
     result = run_bundle(

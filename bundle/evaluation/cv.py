@@ -120,8 +120,9 @@ class CrossValidation:
 
     def __init__(self, out_dir: str | Path, overrides: dict[str, Any], config_dir: str | Path = CONFIG_DIR) -> None:
         self.out_dir = Path(out_dir)
-        self.overrides = dict(overrides)
         self.config_dir = Path(config_dir)
+        # the bundle's folder, whatever the working directory (--bundle_root overrides it)
+        self.overrides = {"bundle_root": str(self.config_dir.parent), **overrides}
         reserved = [k for k in RUNNER_KEYS if k in overrides]
         if reserved:
             raise ValueError("set by the runner: " + ", ".join(f"--{k} (use {RUNNER_KEYS[k]})" for k in reserved))
@@ -129,7 +130,7 @@ class CrossValidation:
         parser.read_config(str(self.config_dir / "train.yaml"))
         evaluate = ConfigParser.load_config_file(str(self.config_dir / "evaluate.yaml"))
         known = {k.lstrip("+").split("#")[0] for k in [*parser.get(), *evaluate]}
-        unknown = [k for k in overrides if k.split("#")[0] not in known]
+        unknown = [k for k in self.overrides if k.split("#")[0] not in known]
         if unknown:
             raise ValueError(
                 f"not an id of train.yaml or evaluate.yaml: {', '.join('--' + k for k in unknown)} "
