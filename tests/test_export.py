@@ -5,6 +5,7 @@ The Model Zoo's own checks (verify_net_in_out, export from the zoo's root) are i
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -60,6 +61,8 @@ def test_onnx_export_matches_pytorch(trained, tmp_path):
     onnx_file = tmp_path / "model.onnx"
     result = run_script("--ckpt_file", str(ckpt), "--filepath", str(onnx_file), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
+    printed = re.search(r"max \|difference\| = (\S+) \(allowed 0.0001\)", result.stderr)
+    assert printed is not None and 0 <= float(printed.group(1)) <= 1e-4, result.stderr[-2000:]
     session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["image"]
     for batch_size in (2,):  # the script checked batches 1 and 3 (dynamic batch)

@@ -7,10 +7,11 @@ import math
 
 import numpy as np
 import pytest
-from scipy.stats import binomtest, chi2_contingency, norm
+from scipy.stats import chi2_contingency, norm
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
 from bundle.evaluation.metrics import (
+    METRIC_NAMES,
     MIN_CASES_PER_CLASS,
     auc_delong_ci,
     binary_metrics,
@@ -78,28 +79,53 @@ def test_binary_metrics_match_sklearn(seed: int, threshold: float) -> None:
     assert m["auc"] == pytest.approx(roc_auc_score(y, p))
 
 
+def test_metric_names_are_the_papers_in_order() -> None:
+    assert METRIC_NAMES == ("sensitivity", "specificity", "accuracy", "ppv", "npv", "auc")
+    assert set(binary_metrics([1, 0], [0.9, 0.1])) >= set(METRIC_NAMES)
+
+
 def test_binary_metrics_hand_counts() -> None:
     m = binary_metrics([1, 1, 0, 0, 0], [0.9, 0.2, 0.5, 0.1, 0.3], threshold=0.5)
     assert (m["tp"], m["fn"], m["fp"], m["tn"]) == (1, 1, 1, 2)
     assert m["ppv"] == 0.5 and m["npv"] == pytest.approx(2 / 3) and m["accuracy"] == 0.6
 
 
+def wilson_closed_form(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson (1927) score interval written out: (p + z²/2n ± z·sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n)."""
+    z = norm.ppf(0.5 + confidence / 2)
+    p = k / n
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+
+
 @pytest.mark.parametrize(("k", "n"), [(0, 10), (1, 10), (5, 10), (10, 10), (81, 100), (1220, 1481), (1, 1)])
 @pytest.mark.parametrize("confidence", [0.95, 0.9])
-def test_wilson_matches_scipy(k: int, n: int, confidence: float) -> None:
-    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
-    low, high = wilson_ci(k, n, confidence)
-    assert low == pytest.approx(ci.low, abs=1e-12)
-    assert high == pytest.approx(ci.high, abs=1e-12)
+def test_wilson_matches_closed_form(k: int, n: int, confidence: float) -> None:
+    assert wilson_ci(k, n, confidence) == pytest.approx(wilson_closed_form(k, n, confidence), abs=1e-12)
 
 
-def test_wilson_known_value_and_edge_cases() -> None:
-    # Newcombe (Stat Med 1998), example 81/263: Wilson interval 0.2553 to 0.3662.
-    low, high = wilson_ci(81, 263)
-    assert (round(low, 4), round(high, 4)) == (0.2553, 0.3662)
+@pytest.mark.parametrize(
+    ("k", "n", "expected"),
+    [
+        (8, 10, (0.4902, 0.9433)),  # textbook value of 8/10
+        (81, 263, (0.2553, 0.3662)),  # Newcombe (Stat Med 1998), example 81/263
+        (0, 10, (0.0, 0.2775)),  # Newcombe (Stat Med 1998), example 0/10
+        (10, 10, (0.7225, 1.0)),
+    ],
+)
+def test_wilson_known_values(k: int, n: int, expected: tuple[float, float]) -> None:
+    low, high = wilson_ci(k, n)
+    assert (round(low, 4), round(high, 4)) == expected
+
+
+def test_wilson_edge_cases() -> None:
     assert all(math.isnan(v) for v in wilson_ci(0, 0))
-    with pytest.raises(ValueError):
-        wilson_ci(5, 3)
+    for bad in [(5, 3), (-1, 3), (0, -1)]:
+        with pytest.raises(ValueError, match="successes"):
+            wilson_ci(*bad)
+    for confidence in (0.0, 1.0, 95):
+        with pytest.raises(ValueError, match="confidence"):
+            wilson_ci(8, 10, confidence)
 
 
 def test_delong_matches_brute_force_on_hand_example() -> None:
@@ -219,15 +245,17 @@ def test_metrics_with_ci_values_and_intervals() -> None:
     assert out["reason"] is None
     for name in ("sensitivity", "specificity", "accuracy", "ppv", "npv", "auc"):
         assert out[name]["value"] == pytest.approx(base[name])
-    tp, fn = base["tp"], base["fn"]
-    ci = binomtest(tp, tp + fn).proportion_ci(method="wilson")
-    assert (out["sensitivity"]["ci_low"], out["sensitivity"]["ci_high"]) == pytest.approx((ci.low, ci.high))
-    assert out["sensitivity"]["successes"] == tp and out["sensitivity"]["n"] == tp + fn
-    tn, fp = base["tn"], base["fp"]
-    ci = binomtest(tp + tn, len(y)).proportion_ci(method="wilson")
-    assert (out["accuracy"]["ci_low"], out["accuracy"]["ci_high"]) == pytest.approx((ci.low, ci.high))
-    ci = binomtest(tn, tn + fn).proportion_ci(method="wilson")
-    assert (out["npv"]["ci_low"], out["npv"]["ci_high"]) == pytest.approx((ci.low, ci.high))
+    tp, fn, tn, fp = base["tp"], base["fn"], base["tn"], base["fp"]
+    expected = {
+        "sensitivity": (tp, tp + fn),
+        "specificity": (tn, tn + fp),
+        "accuracy": (tp + tn, len(y)),
+        "ppv": (tp, tp + fp),
+        "npv": (tn, tn + fn),
+    }
+    for name, (k, n) in expected.items():
+        assert (out[name]["successes"], out[name]["n"]) == (k, n)
+        assert (out[name]["ci_low"], out[name]["ci_high"]) == pytest.approx(wilson_closed_form(k, n))
     assert out["counts"]["tp"] == tp and out["counts"]["fp"] == fp
 
 

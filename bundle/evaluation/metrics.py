@@ -3,15 +3,36 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.stats import binomtest, chi2_contingency, norm, rankdata
 from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 
-# the paper's lesion-level metrics: the five proportions, then ROC AUC
-PROPORTION_NAMES = ("sensitivity", "specificity", "accuracy", "ppv", "npv")
+
+class Proportion(NamedTuple):
+    """How a proportion is counted from a confusion matrix, and why it is undefined when its denominator is empty."""
+
+    successes: tuple[str, ...]  # keys of the counts ``tp``, ``fp``, ``tn``, ``fn`` summed in the numerator
+    denominator: tuple[str, ...]  # ... and in the denominator
+    empty_reason: str
+
+    def count(self, counts: Mapping[str, Any]) -> tuple[Any, Any]:
+        """(successes, denominator) from counts keyed ``tp``/``fp``/``tn``/``fn`` (ints or arrays)."""
+        return sum(counts[k] for k in self.successes), sum(counts[k] for k in self.denominator)
+
+
+# the paper's lesion-level metrics: the five proportions (the one definition of their names and counts), then ROC AUC
+PROPORTIONS: dict[str, Proportion] = {
+    "sensitivity": Proportion(("tp",), ("tp", "fn"), "no malignant lesion"),
+    "specificity": Proportion(("tn",), ("tn", "fp"), "no benign lesion"),
+    "accuracy": Proportion(("tp", "tn"), ("tp", "tn", "fp", "fn"), "no lesion"),
+    "ppv": Proportion(("tp",), ("tp", "fp"), "no lesion called malignant"),
+    "npv": Proportion(("tn",), ("tn", "fn"), "no lesion called benign"),
+}
+PROPORTION_NAMES = tuple(PROPORTIONS)
 METRIC_NAMES = (*PROPORTION_NAMES, "auc")
 
 
@@ -39,22 +60,16 @@ def binary_metrics(
         raise ValueError(f"labels {y.shape} and probabilities {p.shape} differ in shape")
     called = (p >= threshold).astype(int)
     tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, called, labels=[0, 1]).ravel())
+    cells = {"tp": tp, "fp": fp, "tn": tn, "fn": fn}
     auc = float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else math.nan
     return {
-        "sensitivity": _ratio(tp, tp + fn),
-        "specificity": _ratio(tn, tn + fp),
-        "accuracy": _ratio(tp + tn, len(y)),
-        "ppv": _ratio(tp, tp + fp),
-        "npv": _ratio(tn, tn + fn),
+        **{name: _ratio(*rule.count(cells)) for name, rule in PROPORTIONS.items()},
         "auc": auc,
         "threshold": float(threshold),
         "n": len(y),
         "positives": int(y.sum()),
         "negatives": int(len(y) - y.sum()),
-        "tp": tp,
-        "fp": fp,
-        "tn": tn,
-        "fn": fn,
+        **cells,
     }
 
 
@@ -69,28 +84,14 @@ Two is the least that DeLong's variance (a sample variance over each class) is d
 "n/a" with the reason instead of a number.
 """
 
-PROPORTIONS = {
-    # metric: (numerator, denominator) as keys of the binary_metrics counts
-    "sensitivity": (("tp",), ("tp", "fn")),
-    "specificity": (("tn",), ("tn", "fp")),
-    "accuracy": (("tp", "tn"), ("tp", "tn", "fp", "fn")),
-    "ppv": (("tp",), ("tp", "fp")),
-    "npv": (("tn",), ("tn", "fn")),
-}
-"""How each proportion is counted from a confusion matrix: its successes and its denominator."""
 
-EMPTY_DENOMINATOR_REASON = {
-    "sensitivity": "no malignant lesion",
-    "specificity": "no benign lesion",
-    "accuracy": "no lesion",
-    "ppv": "no lesion called malignant",
-    "npv": "no lesion called benign",
-}
+def _check_confidence(confidence: float) -> None:
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
 
 
 def _z(confidence: float) -> float:
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    _check_confidence(confidence)
     return float(norm.ppf(0.5 + confidence / 2))
 
 
@@ -107,7 +108,7 @@ def wilson_ci(successes: int, n: int, confidence: float = 0.95) -> tuple[float, 
         raise ValueError(f"need 0 <= successes <= n, got successes={successes}, n={n}")
     if n == 0:
         return math.nan, math.nan
-    _z(confidence)  # the same check of `confidence` as the other intervals
+    _check_confidence(confidence)  # (0, 1) open, as for the other intervals
     interval = binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
     return max(0.0, float(interval.low)), min(1.0, float(interval.high))
 
@@ -319,10 +320,10 @@ def metrics_with_ci(
     counts = {k: base[k] for k in ("n", "positives", "negatives", "tp", "fp", "tn", "fn")}
     reason = group_status(labels, min_per_class)
     out: dict = {"counts": counts, "threshold": float(threshold), "reason": reason}
-    for name, (num_keys, den_keys) in PROPORTIONS.items():
-        successes, n = sum(counts[k] for k in num_keys), sum(counts[k] for k in den_keys)
+    for name, rule in PROPORTIONS.items():
+        successes, n = rule.count(counts)
         entry = proportion(successes, n, confidence)
-        entry["reason"] = reason or (EMPTY_DENOMINATOR_REASON[name] if n == 0 else None)
+        entry["reason"] = reason or (rule.empty_reason if n == 0 else None)
         if reason:
             entry.update(value=math.nan, ci_low=math.nan, ci_high=math.nan)
         out[name] = entry

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bundle.data.datalist import BURDEN_GROUPS
 from bundle.evaluation.metrics import PROPORTION_NAMES
 
 LABEL = "Liu et al. 2021 (published, not recomputed)"
@@ -161,7 +162,6 @@ TABLE5: dict[str, dict[str, Any]] = {
     "auc": {"lung": 0.870, "prostate": 0.900, "breast": 0.899},
 }
 
-BURDEN_GROUPS = ("few", "medium", "extensive")
 TUMOR_GROUPS = ("lung", "prostate", "breast")
 
 
@@ -194,6 +194,6 @@ def published() -> dict[str, Any]:
             net: {k: (percent_to_fraction(v) if k in PROPORTION_NAMES else v) for k, v in row.items()}
             for net, row in TABLE3.items()
         },
-        "table4": conv(TABLE4, BURDEN_GROUPS),
+        "table4": conv(TABLE4, tuple(BURDEN_GROUPS)),
         "table5": conv(TABLE5, TUMOR_GROUPS),
     }

@@ -14,7 +14,7 @@ from typing import Any
 from ignite.engine import Engine
 
 from bundle.engine.writers import LesionWriter, class_index
-from bundle.evaluation.metrics import METRIC_NAMES, binary_metrics
+from bundle.evaluation.metrics import PROPORTION_NAMES, binary_metrics
 from bundle.io import atomic_write_csv, atomic_write_text
 
 __all__ = ["PREDICTION_COLUMNS", "LesionPredictionWriter", "model_selection_note"]
@@ -66,8 +66,9 @@ class LesionPredictionWriter(LesionWriter):
         content = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
         content.update(self.extra_metadata)
         atomic_write_text(metrics_path, json.dumps(content, indent=2) + "\n")
-        order = ("auc", *(m for m in METRIC_NAMES if m != "auc"))
-        logger.info(f"{metrics['n']} lesions: " + ", ".join(f"{k}={metrics[k]:.3f}" for k in order))
+        logger.info(
+            f"{metrics['n']} lesions: " + ", ".join(f"{k}={metrics[k]:.3f}" for k in ("auc", *PROPORTION_NAMES))
+        )
         logger.info(f"predictions written to {predictions_path.resolve()}; metrics to {metrics_path.resolve()}")
 
 

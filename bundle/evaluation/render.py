@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from bundle.data.datalist import BURDEN_LABELS
-from bundle.evaluation.metrics import PROPORTION_NAMES
+from bundle.data.datalist import BURDEN_GROUPS, BURDEN_LABELS
+from bundle.evaluation.metrics import METRIC_NAMES, PROPORTION_NAMES
+from bundle.evaluation.paper_results import LABEL as PUBLISHED
 from bundle.io import atomic_write
 
-PUBLISHED = "Liu et al. 2021 (published, not recomputed)"
 PUB_ROW = "↳ " + PUBLISHED
 METRIC_LABELS = {
     "sensitivity": "Sensitivity",
@@ -220,7 +220,7 @@ def _table2(report: Mapping[str, Any]) -> list[Table]:
         if interleave:
             total = report["published"]["table1"][key]["total"]
             table.add([PUB_ROW, *[counts_cell(f[key]) for f in pub_folds], DASH, counts_cell(total)], "published")
-    for name in (*PROPORTION_NAMES, "auc"):
+    for name in METRIC_NAMES:
         table.add(
             [
                 METRIC_LABELS[name],
@@ -313,7 +313,7 @@ def _table3(report: Mapping[str, Any]) -> list[Table]:
                 p,
             ]
         )
-        means.add([net, *[mean_sd_cell(n, row["fold_mean_sd"][n]) for n in (*PROPORTION_NAMES, "auc")]])
+        means.add([net, *[mean_sd_cell(n, row["fold_mean_sd"][n]) for n in METRIC_NAMES]])
         if net in pub:
             values = [published_cell(n, pub[net][n]) for n in PROPORTION_NAMES]
             pooled.add(
@@ -337,7 +337,7 @@ def _subgroup_tables(report: Mapping[str, Any], key: str, title: str, pub_key: s
     table.add(["Patients (benign/malignant)", *[counts_cell(g["patients"]) for g in groups], "", ""])
     table.add(["Lesions (benign/malignant)", *[counts_cell(g["lesions"]) for g in groups], "", ""])
     excluded: dict[tuple[str, str], list[str]] = {}
-    for name in (*PROPORTION_NAMES, "auc"):
+    for name in METRIC_NAMES:
         test = data["tests"].get(name)
         if test is None:
             chi2, p = DASH, DASH
@@ -401,7 +401,7 @@ def _youden_table(report: Mapping[str, Any]) -> Table | None:
     pooled = report["table2"]["pooled"]["metrics"]
     table = Table(
         "Threshold — report threshold vs Youden-optimal threshold (computed on the reported data, descriptive only)",
-        ["Threshold", "Sensitivity", "Specificity", "Accuracy", "PPV", "NPV", "Youden J"],
+        ["Threshold", *[METRIC_LABELS[n] for n in PROPORTION_NAMES], "Youden J"],
     )
     j = None
     if pooled["sensitivity"]["value"] is not None and pooled["specificity"]["value"] is not None:
@@ -477,7 +477,7 @@ def _bootstrap_table(report: Mapping[str, Any]) -> Table | None:
 
     for net in report["networks"]:
         r = bs["networks"][net]
-        table.add([net, *[interval(n, r[n]) for n in (*PROPORTION_NAMES, "auc", "auc_difference")]])
+        table.add([net, *[interval(n, r[n]) for n in (*METRIC_NAMES, "auc_difference")]])
     table.notes.append(
         "Wilson and DeLong intervals treat lesions as independent; lesions of one patient are not. These percentile "
         "intervals resample whole patients: where they are much wider, trust them over the lesion-level ones."
@@ -749,7 +749,7 @@ def render_figures(report: Mapping[str, Any], out_dir: str | os.PathLike) -> lis
         if name == "overall.png":
             _overall_figure(report, path)
         elif name == "figure3_burden.png":
-            _group_figure(report, "table4", "burden", "Lesion burden: few / medium / extensive", path)
+            _group_figure(report, "table4", "burden", "Lesion burden: " + " / ".join(BURDEN_GROUPS), path)
         elif name == "figure4_tumor.png":
             _group_figure(report, "table5", "tumor", "Primary tumour", path)
         elif name == "networks_roc.png":

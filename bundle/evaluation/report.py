@@ -35,7 +35,14 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from bundle.data.datalist import BURDEN_GROUPS, BURDEN_LABELS, burden_group, lesions_per_image, read_datalist
+from bundle.data.datalist import (
+    BURDEN_GROUPS,
+    BURDEN_LABELS,
+    burden_group,
+    lesions_per_image,
+    read_datalist,
+    repeated_lesion_ids,
+)
 from bundle.data.paths import image_key
 from bundle.errors import ProblemsError
 from bundle.evaluation import paper_results
@@ -60,7 +67,7 @@ CONFIDENCE = 0.95
 DEFAULT_NETWORK = "resnet50"
 NETWORK_ORDER = ("resnet50", "inception_v3", "vgg16", "densenet169")
 
-TUMOR_GROUPS = ("lung", "prostate", "breast", "other", "unknown")
+TUMOR_GROUPS = (*paper_results.TUMOR_GROUPS, "other", "unknown")
 UNKNOWN_TUMOR_VALUES = ("", "unknown", "none", "null", "nan")
 BOOTSTRAP_CHUNK = 250
 ROC_MAX_POINTS = 400  # vertices kept per ROC curve in report.json (drawing only; AUCs use every lesion)
@@ -90,11 +97,11 @@ METHODS = {
 
 
 def tumor_group(tumor_type: Any) -> str:
-    """Tumour group of a datalist ``tumor_type``: lung, prostate, breast, unknown (absent), else other."""
+    """Tumour group of a datalist ``tumor_type``: the paper's lung, prostate, breast; unknown (absent); else other."""
     value = "" if tumor_type is None else str(tumor_type).strip().lower()
     if value in UNKNOWN_TUMOR_VALUES:
         return "unknown"
-    return value if value in ("lung", "prostate", "breast") else "other"
+    return value if value in paper_results.TUMOR_GROUPS else "other"
 
 
 def _parse_int(text: str, allowed: tuple[int, ...] | None = None) -> int:
@@ -228,14 +235,18 @@ def join_predictions(
 
     Raises:
         ProblemsError: a lesion_id not in the datalist, a label or patient that disagrees with it, a lesion
-            predicted twice by one network, or a lesion without a fold; each problem names the CSV and the lesion.
+            predicted more than once by one network (every copy listed), or a lesion without a fold; each problem
+            names the CSV and the lesion.
     """
     by_id = {str(e["lesion_id"]): e for e in datalist_entries}
     n_in_image = _lesions_per_image(datalist_entries)
     problems: list[str] = []
     warnings: list[str] = []
     rows_by_net: dict[str, list[tuple[Mapping[str, Any], Mapping[str, Any]]]] = defaultdict(list)
-    seen: dict[tuple[str, str], str] = {}
+    ids_by_net: dict[str, list[str]] = defaultdict(list)
+    for row in predictions:
+        ids_by_net[str(row.get("network") or default_network)].append(str(row["lesion_id"]))
+    repeated = {net: repeated_lesion_ids(ids) for net, ids in ids_by_net.items()}
     fold_mismatch: list[str] = []
     call_mismatch: dict[str, list[str]] = defaultdict(list)
     bad_burden: list[str] = []
@@ -256,13 +267,12 @@ def join_predictions(
                 f"{where} has patient_id {row['patient_id']!r} but the datalist says {entry['patient_id']!r}"
             )
             continue
-        if (network, lesion_id) in seen:
+        if lesion_id in repeated[network]:
             problems.append(
-                f"{where} is predicted twice for network {network!r} (also in {seen[network, lesion_id]}); "
+                f"{where} is predicted {repeated[network][lesion_id]} times for network {network!r}; "
                 "give each file a `network` column or pass one network per run"
             )
             continue
-        seen[network, lesion_id] = source
         fold = row.get("fold")
         if fold is None:
             fold = entry.get("fold")
@@ -524,9 +534,7 @@ def _youden(lesions: Lesions, threshold: float) -> dict[str, Any] | None:
     at = metrics_with_ci(lesions.label, lesions.probability, best["threshold"], CONFIDENCE, MIN_CASES_PER_CLASS)
     return {
         **best,
-        "accuracy": at["accuracy"]["value"],
-        "ppv": at["ppv"]["value"],
-        "npv": at["npv"]["value"],
+        **{name: at[name]["value"] for name in PROPORTION_NAMES if name not in best},
         "report_threshold": threshold,
         "note": "computed on the reported out-of-fold data: descriptive only, not for model selection",
     }
@@ -625,9 +633,8 @@ def _cluster_bootstrap(
         per_patient = {k: np.bincount(idx, weights=v, minlength=len(patients)) for k, v in cells.items()}
         counts = {k: draws @ v for k, v in per_patient.items()}
         result: dict[str, Any] = {}
-        for name, (num_keys, den_keys) in PROPORTIONS.items():
-            num = sum(counts[k] for k in num_keys)
-            den = sum(counts[k] for k in den_keys)
+        for name, rule in PROPORTIONS.items():
+            num, den = rule.count(counts)
             with np.errstate(invalid="ignore", divide="ignore"):
                 result[name] = interval(np.where(den > 0, num / np.where(den > 0, den, 1), np.nan))
         result["auc"] = interval(aucs(lesions))
@@ -653,10 +660,11 @@ def _figure_plan(report: Mapping[str, Any]) -> list[dict[str, str]]:
         }
     ]
     if report["table4"]["groups"]:
+        burden = [label.lower() for label in BURDEN_LABELS.values()]  # "few (1–3)", ...
         plan.append(
             {
                 "file": "figures/figure3_burden.png",
-                "caption": "Figure 3 analogue: confusion matrices of the few (1–3), medium (4–6) and extensive (>6) "
+                "caption": f"Figure 3 analogue: confusion matrices of the {', '.join(burden[:-1])} and {burden[-1]} "
                 "lesion-burden groups and their ROC curves.",
             }
         )
