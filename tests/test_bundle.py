@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from sklearn.metrics import confusion_matrix, roc_auc_score
 
 from bundle.data.datalist import read_datalist, write_datalist
 from bundle.nets.pretrained import PretrainedWeightsError
+from bundle.phantom import PhantomConfig, generate_dataset
 
 from .conftest import REPO_ROOT, TINY_OVERRIDES, evaluate_tiny, train_tiny
 
@@ -96,6 +98,48 @@ def test_resume_continues_from_the_last_checkpoint(phantom_dir, tmp_path):
     assert "Engine run resuming from iteration" in text and "epoch 1 until 2 epochs" in text
     second = torch.load(out / "checkpoints" / "checkpoint_epoch=2.pt", weights_only=True)
     assert second["trainer"]["iteration"] == 2 * first["trainer"]["iteration"]
+
+
+@pytest.fixture(scope="module")
+def six_patients(tmp_path_factory) -> Path:
+    """6 patients in 3 folds: with fold 0 held out and val_fraction 0.3, 14 training lesions (2 batches of 6, the
+    last 2 dropped, so the shuffle decides which lesions each epoch trains on) and 8 validation lesions."""
+    out = tmp_path_factory.mktemp("six_patients") / "data"
+    generate_dataset(out, patients=6, seed=3, config=PhantomConfig(height=256, width=128), num_folds=3)
+    return out
+
+
+def train_in_process(dataset_dir: Path, output_dir: Path, **overrides) -> dict[str, dict[str, torch.Tensor]]:
+    """train.yaml's `training` in this process through ConfigWorkflow at tiny size (64x32, 2 steps an epoch).
+
+    Returns:
+        the final and best weights: ``{"model_final.pt": state_dict, "model.pt": state_dict}``.
+    """
+    workflow = ConfigWorkflow(
+        config_file=str(REPO_ROOT / "configs" / "train.yaml"), meta_file=str(META), logging_file=False,
+        workflow_type="train", bundle_root=str(REPO_ROOT), dataset_dir=str(dataset_dir), output_dir=str(output_dir),
+        spatial_size=[64, 32], batch_size=6, num_workers=0, val_fraction=0.3, **overrides,
+    )  # fmt: skip
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    ckpt_dir = output_dir / "checkpoints"
+    return {name: torch.load(ckpt_dir / name, weights_only=True) for name in ("model_final.pt", "model.pt")}
+
+
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(six_patients, tmp_path):
+    """Train 3 epochs; stop after 1 and resume to 3: every parameter and buffer of the final model, and of the best
+    model (the best-model record is restored), ends bit-identical (CPU, same thread count)."""
+    uninterrupted = train_in_process(six_patients, tmp_path / "uninterrupted", max_epochs=3)
+    train_in_process(six_patients, tmp_path / "resumed", max_epochs=1)
+    resumed = train_in_process(six_patients, tmp_path / "resumed", max_epochs=3, resume=True)
+    kept = sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").glob("checkpoint_epoch=*.pt"))
+    assert kept == ["checkpoint_epoch=2.pt", "checkpoint_epoch=3.pt"]  # the stopped run's epoch 1 rotated out
+    for name in ("model_final.pt", "model.pt"):
+        expected, got = uninterrupted[name], resumed[name]
+        assert list(got) == list(expected), name
+        max_diff = {k: (got[k].double() - expected[k].double()).abs().max().item() for k in expected}
+        assert all(torch.equal(got[k], expected[k]) for k in expected), (name, max(max_diff.values()))
 
 
 def test_resume_without_checkpoint_is_a_clear_error(phantom_dir, tmp_path):
