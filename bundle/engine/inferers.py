@@ -16,8 +16,8 @@ from monai.inferers import Inferer
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX-BF16; read from ``/proc/cpuinfo``).
 
-    Without it oneDNN emulates bf16, which is slower than fp32 (measured: a ResNet50 training step at 512x256,
-    batch 8, took 27 s in bf16 vs 12 s in fp32 on an AVX-512 Xeon without BF16).
+    Without it oneDNN emulates bf16, which is slower than fp32 (the measured slowdown, with its CPU, is in
+    docs/performance.md).
     """
     try:
         flags = Path("/proc/cpuinfo").read_text()
