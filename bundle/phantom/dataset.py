@@ -65,14 +65,28 @@ def scan_statistics(scan: PhantomScan) -> dict[str, Any]:
     }
 
 
-def _make_patient(job: _Job) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Simulate and write one patient; returns its datalist entries and its scan statistics."""
+def _make_patient(job: _Job) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """Simulate and write one patient; returns its lesion entries, its scan entry and its scan statistics."""
     pid = patient_id(job.index)
     scan, masks, records = generate_patient(patient_rng(job.seed, job.index), job.config, pid)
     writer = WRITERS[job.fmt]
     root = Path(job.root)
     image_rel = f"images/{pid}{writer.extension}"
     writer.write_image(root / image_rel, scan)
+    regions_rel = f"regions/{pid}{writer.regions_extension}"
+    writer.save_regions(root / regions_rel, scan)
+    scan_entry = {
+        "image": image_rel,
+        "regions": regions_rel,
+        "patient_id": pid,
+        "tumor_type": scan.info["tumor_type"],
+        "num_lesions": len(records),
+        "malignant_lesions": sum(r["label"] for r in records),
+        "bsi": scan.info["bsi"],
+        "bsi_regional": scan.info["bsi_regional"],
+        "latent_metastatic": bool(scan.info["latent_metastatic"]),
+        "injection_site": (scan.info.get("injection_site") or {}).get("kind"),
+    }
     entries = []
     for mask, record in zip(masks, records, strict=True):
         mask_rel = f"masks/{record['lesion_id']}{writer.extension}"
@@ -90,10 +104,10 @@ def _make_patient(job: _Job) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         entry.update({k: v for k, v in record.items() if k not in entry})
         entry["latent_metastatic"] = bool(scan.info["latent_metastatic"])
         entries.append(entry)
-    return entries, scan_statistics(scan)
+    return entries, scan_entry, scan_statistics(scan)
 
 
-def _run_jobs(jobs: list[_Job], workers: int) -> Iterator[tuple[list[dict[str, Any]], dict[str, Any]]]:
+def _run_jobs(jobs: list[_Job], workers: int) -> Iterator[tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]]:
     if workers <= 1:
         yield from map(_make_patient, jobs)
         return
@@ -194,16 +208,20 @@ def generate_dataset(
     try:
         (tmp / "images").mkdir()
         (tmp / "masks").mkdir()
+        (tmp / "regions").mkdir()
         jobs = [_Job(i, seed, config, fmt, str(tmp)) for i in range(patients)]
         results: Iterator = _run_jobs(jobs, workers)
         if progress is not None:
             results = progress(results)
         entries: list[dict[str, Any]] = []
+        scans: list[dict[str, Any]] = []
         stats: list[dict[str, Any]] = []
-        for patient_entries, patient_stats in results:
+        for patient_entries, scan_entry, patient_stats in results:
             entries.extend(patient_entries)
+            scans.append(scan_entry)
             stats.append(patient_stats)
         entries = assign_folds(entries, num_folds, seed)
+        scans = scan_folds(scans, entries, num_folds)
         statistics = summarize(entries, stats)
         datalist = {
             "name": DATASET_NAME,
@@ -225,6 +243,8 @@ def generate_dataset(
             "best_possible_auc": statistics["best_possible_auc"],
             "statistics": statistics,
             "training": entries,
+            "scans": scans,
+            "regions_table": "bundle.data.regions.REGIONS (docs/read.md)",
         }
         write_datalist(tmp / "datalist.json", datalist)
         os.chmod(tmp, 0o777 & ~current_umask())
@@ -233,6 +253,12 @@ def generate_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return datalist
+
+
+def scan_folds(scans: list[dict[str, Any]], entries: list[dict[str, Any]], num_folds: int) -> list[dict[str, Any]]:
+    """Scan entries with ``fold``: their patient's lesion fold; a patient without lesions gets ``index % num_folds``."""
+    fold_of = {e["patient_id"]: e["fold"] for e in entries}
+    return [{**s, "fold": fold_of.get(s["patient_id"], i % num_folds)} for i, s in enumerate(scans)]
 
 
 def best_possible_auc(labels: list[int] | np.ndarray, p_malignant: list[float] | np.ndarray) -> float:

@@ -29,6 +29,7 @@ from bundle.phantom.anatomy import (
     transform_points,
 )
 from bundle.phantom.lesions import Lesion, PatientProfile, assign_labels, sample_lesions, sample_patient_profile
+from bundle.phantom.regions import lesion_region, render_region_map, true_bsi
 
 REFERENCE_PIXEL_MM = 2.05  # pixel size at 1024 rows x 256 columns per view (a 525 mm wide camera field of view)
 
@@ -93,7 +94,10 @@ class PhantomScan:
         expected: noiseless expected counts in the stored layout, float32, shape (H, W).
         body_mask: pixels inside the body outline (the noiseless body model > 0), bool, shape (H, W).
         bladder_mask: pixels where the bladder dominates the expected counts, bool, shape (H, W).
-        info: patient-level description (tumour type, pose, counts per view, injection site, ...).
+        info: patient-level description (tumour type, pose, counts per view, injection site, true BSI, ...).
+        regions: skeletal-region labels (:mod:`bundle.data.regions`), int16 shape (H, W), the same in both halves;
+            bladder and injection site drawn over bone.
+        anatomy: the bone and kidney labels alone, int16 (H, W): what the true BSI and each lesion's region use.
     """
 
     patient_id: str
@@ -103,6 +107,8 @@ class PhantomScan:
     body_mask: np.ndarray
     bladder_mask: np.ndarray
     info: dict[str, Any] = field(default_factory=dict)
+    regions: np.ndarray | None = None
+    anatomy: np.ndarray | None = None
 
     @cached_property
     def image(self) -> np.ndarray:
@@ -151,6 +157,20 @@ def generate_patient(
         masks[k, :, :wv] = fp
         masks[k, :, wv:] = fp
         records.append(_lesion_record(les, fp, f"{patient_id}_L{k + 1:02d}", renderer.size_scale))
+    anatomy, region_map = render_region_map(
+        renderer.points,
+        renderer.template.bone,
+        renderer.template.bone_names,
+        renderer.point_area,
+        config.view_shape,
+        config.pixel_mm,
+        renderer.bladder_region,
+        injection,
+    )
+    anatomy, region_map = np.hstack([anatomy, anatomy]), np.hstack([region_map, region_map])
+    for record, mask in zip(records, masks, strict=True):
+        record["region"] = lesion_region(mask, anatomy)
+    bsi, regional = true_bsi(masks, [r["label"] for r in records], anatomy)
     info = {
         "tumor_type": profile.tumor_type,
         "latent_metastatic": profile.metastatic,
@@ -161,6 +181,8 @@ def generate_patient(
         "counts_posterior": int(counts[1].sum()),
         "injection_site": injection,
         "num_lesions": len(lesions),
+        "bsi": round(bsi, 4),
+        "bsi_regional": {name: round(value, 4) for name, value in regional.items() if value > 0},
     }
     scan = PhantomScan(
         patient_id=patient_id,
@@ -170,6 +192,8 @@ def generate_patient(
         body_mask=np.hstack([body, body]),
         bladder_mask=np.hstack([renderer.bladder_region, renderer.bladder_region]),
         info=info,
+        regions=region_map,
+        anatomy=anatomy,
     )
     return scan, masks, records
 
@@ -370,12 +394,15 @@ class _Renderer:
         activity[0][where] += front * blob
         activity[1][where] += back * blob
         px = self.config.pixel_mm
+        blur_sigma = self.config.blur_fwhm_mm / (2 * math.sqrt(2 * math.log(2)))
         return {
             "kind": kind,
             "where": where_name,
             "side": side,
             "row": int(centre[1] / px[0]),
             "col": int(centre[0] / px[1]),
+            # where the blurred blob is above ~5 % of its peak (2.5 sigma of blob and camera blur combined)
+            "radius_px": round(2.5 * math.hypot(sigma, blur_sigma) / min(px), 1),
         }
 
 
