@@ -1,0 +1,103 @@
+"""Command line of the whole-scan read's tools (the read itself runs with ``python -m monai.bundle run reading``).
+
+python -m bundle.read regions                                   # the region labels and BSI weights
+python -m bundle.read froc --dataset_dir DIR --out OUT [--folds 0] [--regions truth|atlas|CKPT]
+python -m bundle.read evaluate --dataset_dir DIR --read_dir READ --out OUT [--folds 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bundle.data.regions import regions_table_markdown
+from bundle.io import atomic_write_text
+
+
+def _folds(text: str | None) -> list[int] | None:
+    return [int(f) for f in text.split(",")] if text else None
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bundle.read", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("regions", help="print the region labels, their values and BSI weights (Markdown)")
+    for name, text in (("froc", "detector FROC against ground truth"), ("evaluate", "a finished read vs truth")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--dataset_dir", required=True, help="data set with datalist.json holding 'scans' (phantom)")
+        p.add_argument("--datalist", default=None, help="datalist (default: DATASET_DIR/datalist.json)")
+        p.add_argument("--folds", default=None, help="only these folds' scans, e.g. 0 or 0,1 (default: all)")
+        p.add_argument("--limit", type=int, default=None, help="at most this many scans")
+        p.add_argument("--out", required=True, help="output folder (JSON, Markdown, figure)")
+    froc_parser = sub.choices["froc"]
+    froc_parser.add_argument(
+        "--thresholds", default="1.4,1.6,1.8,2.0,2.2,2.5,3.0", help="detector thresholds (× normal bone)"
+    )
+    froc_parser.add_argument(
+        "--regions", default="truth", help="region maps: truth (the datalist's), atlas, or a regions checkpoint"
+    )
+    froc_parser.add_argument("--bundle_root", default=".", help="bundle folder (for a regions checkpoint)")
+    froc_parser.add_argument(
+        "--max_false_positives", type=float, default=5.0, help="operating-point rule: lowest threshold with at most "
+        "this many false positives per scan (default: 5)",
+    )  # fmt: skip
+    sub.choices["evaluate"].add_argument("--read_dir", required=True, help="output folder of the read")
+    sub.choices["evaluate"].add_argument("--threshold", type=float, default=0.5, help="patient-level threshold")
+    return parser
+
+
+def _segmenter(spec: str, bundle_root: str):
+    if spec == "truth":
+        return None
+    if spec == "atlas":
+        from bundle.read.atlas import AtlasRegionSegmenter
+
+        return AtlasRegionSegmenter()
+    from bundle.read.learned import LearnedRegionSegmenter
+
+    return LearnedRegionSegmenter(checkpoint=spec, bundle_root=bundle_root)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    if args.command == "regions":
+        print(regions_table_markdown())
+        return 0
+    from bundle.read.evaluation import choose_threshold, evaluate_read, froc, truth_scans
+    from bundle.read.figures import plot_froc
+
+    try:
+        scans = truth_scans(args.dataset_dir, args.datalist, _folds(args.folds), args.limit)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        if args.command == "froc":
+            thresholds = [float(t) for t in args.thresholds.split(",")]
+            points = froc(scans, thresholds, _segmenter(args.regions, args.bundle_root))
+            chosen = choose_threshold(points, args.max_false_positives)
+            result = {"regions": args.regions, "rule": f"lowest threshold with <= {args.max_false_positives} false "
+                      "positives per scan", "chosen_threshold": chosen, "points": points}  # fmt: skip
+            atomic_write_text(out / "froc.json", json.dumps(result, indent=1))
+            plot_froc(points, out / "froc.png", title=f"hot-spot detector, {len(scans)} scans, regions: {args.regions}")
+            for p in points:
+                print(f"threshold {p['threshold']:.2f}: sensitivity {p['sensitivity']:.3f}, "
+                      f"{p['false_positives_per_scan']:.2f} false positives per scan")  # fmt: skip
+            print(f"operating point ({result['rule']}): {chosen}")
+        else:
+            result = evaluate_read(scans, args.read_dir, args.threshold)
+            atomic_write_text(out / "read_evaluation.json", json.dumps(result, indent=1))
+            print(json.dumps({k: v for k, v in result.items() if k != "detection"}, indent=1))
+            d = result["detection"]
+            print(
+                f"detection: sensitivity {d['sensitivity']}, {d['false_positives_per_scan']} false positives per scan"
+            )
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""Measuring the read against ground truth (a datalist with lesion masks, region maps and true BSI, e.g. the phantom).
+
+- :func:`froc`: the detector alone, over a list of thresholds: lesion-level sensitivity and false positives per scan
+  (the matching rule of :mod:`bundle.read.detection_metrics`), overall, by lesion size, by region and for lesions
+  next to the bladder (the known hard case).
+- :func:`evaluate_read`: a finished read (``OUT/<scan>/read.json`` + ``hotspots.nii.gz``) against the truth:
+  detection at the read's operating point, BSI against the true BSI (Spearman, mean absolute difference), and the
+  patient-level probability against "has a malignant lesion" (AUC, sensitivity, specificity).
+
+Command line: ``python -m bundle.read froc|evaluate ...`` (docs/read.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage, stats
+from sklearn.metrics import roc_auc_score
+
+from bundle.data.datalist import read_datalist
+from bundle.data.paths import resolve
+from bundle.data.readers import WholeBodyScanReader
+from bundle.data.regions import REGION_BY_NAME
+from bundle.read.detection_metrics import ScanMatch, froc_point, match_scan
+from bundle.read.hotspots import HotSpotDetector, pixel_size_mm
+from bundle.read.reading import scan_name
+
+SIZE_BINS_MM = ((0.0, 10.0), (10.0, 20.0), (20.0, 30.0), (30.0, float("inf")))
+NEAR_BLADDER_MM = 30.0
+
+
+def size_bin(size_mm: float) -> str:
+    """Name of the lesion-size bin of a diameter in mm (``"<10"``, ``"10-20"``, ``"20-30"``, ``">=30"``)."""
+    for lo, hi in SIZE_BINS_MM:
+        if lo <= size_mm < hi:
+            return f"<{hi:g}" if lo == 0 else (f">={lo:g}" if hi == float("inf") else f"{lo:g}-{hi:g}")
+    return "unknown"
+
+
+class TruthScan:
+    """Ground truth of one scan: its counts, region map, lesion masks (one half) and lesion/scan records."""
+
+    def __init__(self, entry: dict[str, Any], lesions: list[dict[str, Any]], dataset_dir: Path, reader: Any) -> None:
+        self.entry, self.lesions = entry, lesions
+        self.image_path = resolve(entry["image"], dataset_dir)
+        self.counts, _ = reader.get_data(reader.read(self.image_path))
+        self.half = self.counts.shape[1] // 2
+        self.regions = None
+        if entry.get("regions"):
+            regions, _ = reader.get_data(reader.read(resolve(entry["regions"], dataset_dir)))
+            self.regions = np.rint(regions).astype(np.int16)
+        self.masks = [
+            reader.get_data(reader.read(resolve(e["mask"], dataset_dir)))[0][:, : self.half] > 0 for e in lesions
+        ]
+        self.pixel_mm = pixel_size_mm(self.counts.shape)
+
+    def near_bladder(self) -> list[bool]:
+        """Per lesion: its centre lies within :data:`NEAR_BLADDER_MM` of the bladder label (needs the region map)."""
+        if self.regions is None:
+            return [False] * len(self.lesions)
+        bladder = self.regions[:, : self.half] == REGION_BY_NAME["bladder"].value
+        if not bladder.any():
+            return [False] * len(self.lesions)
+        distance = ndimage.distance_transform_edt(~bladder, sampling=self.pixel_mm)
+        near = []
+        for mask in self.masks:
+            points = np.argwhere(mask)
+            near.append(
+                bool(len(points)) and float(distance[tuple(points.mean(axis=0).round().astype(int))]) <= NEAR_BLADDER_MM
+            )
+        return near
+
+
+def truth_scans(
+    dataset_dir: str | os.PathLike,
+    datalist: str | os.PathLike | None = None,
+    folds: Sequence[int] | None = None,
+    limit: int | None = None,
+) -> list[TruthScan]:
+    """The scans of a datalist with ``scans`` and ``training`` lists (the phantom's), optionally of some folds."""
+    root = Path(dataset_dir)
+    content = read_datalist(datalist or root / "datalist.json")
+    scans = content.get("scans")
+    if not scans:
+        raise ValueError(f"{datalist or root / 'datalist.json'}: no 'scans' list (regions, true BSI) to evaluate on")
+    by_image = defaultdict(list)
+    for entry in content["training"]:
+        by_image[entry["image"]].append(entry)
+    reader = WholeBodyScanReader()
+    chosen = [s for s in scans if folds is None or s.get("fold") in set(folds)][:limit]
+    return [TruthScan(s, by_image.get(s["image"], []), root, reader) for s in chosen]
+
+
+def _grouped(rows: list[dict[str, Any]], key: str) -> dict[str, dict[str, float]]:
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for row in rows:
+        groups[str(row[key])].append(row["found"])
+    return {g: {"lesions": len(v), "sensitivity": round(float(np.mean(v)), 4)} for g, v in sorted(groups.items())}
+
+
+def detection_summary(scans: Sequence[TruthScan], matches: Sequence[ScanMatch]) -> dict[str, Any]:
+    """Sensitivity and false positives per scan, overall and by size, region, pattern and next-to-bladder."""
+    rows = []
+    for scan, match in zip(scans, matches, strict=True):
+        for lesion, found, near in zip(scan.lesions, match.found, scan.near_bladder(), strict=True):
+            rows.append(
+                {
+                    "found": bool(found),
+                    "size": size_bin(float(lesion.get("size_mm", 0.0))),
+                    "region": lesion.get("region", "unknown"),
+                    "kind": "cold" if lesion.get("cold") else ("whole bone" if lesion.get("whole_bone") else "hot"),
+                    "label": "malignant" if lesion.get("label") == 1 else "benign",
+                    "near_bladder": "next to the bladder" if near else "elsewhere",
+                }
+            )
+    sensitivity, fp = froc_point(matches)
+    return {
+        "scans": len(scans),
+        "lesions": len(rows),
+        "sensitivity": round(sensitivity, 4),
+        "false_positives_per_scan": round(fp, 3),
+        "by_size_mm": _grouped(rows, "size"),
+        "by_region": _grouped(rows, "region"),
+        "by_kind": _grouped(rows, "kind"),
+        "by_label": _grouped(rows, "label"),
+        "near_bladder": _grouped(rows, "near_bladder"),
+    }
+
+
+def froc(
+    scans: Sequence[TruthScan],
+    thresholds: Sequence[float],
+    segmenter: Callable[[np.ndarray], np.ndarray] | None = None,
+    detector: HotSpotDetector | None = None,
+) -> list[dict[str, Any]]:
+    """One :func:`detection_summary` per detector threshold (``segmenter`` None: the true region maps)."""
+    detector = detector or HotSpotDetector()
+    region_maps = [scan.regions if segmenter is None else segmenter(scan.counts) for scan in scans]
+    points = []
+    for threshold in thresholds:
+        det = HotSpotDetector(**{**detector.__dict__, "threshold": float(threshold)})
+        matches = []
+        for scan, regions in zip(scans, region_maps, strict=True):
+            hotspots = det(scan.counts, regions, scan.pixel_mm)
+            matches.append(match_scan(hotspots.labels[:, : scan.half], scan.masks))
+        points.append({"threshold": float(threshold), **detection_summary(scans, matches)})
+    return points
+
+
+def choose_threshold(points: Sequence[dict[str, Any]], max_false_positives: float) -> float:
+    """The lowest threshold whose false positives per scan do not exceed ``max_false_positives`` (the rule by
+    which the default operating point is chosen, on scans that are not reported)."""
+    allowed = [p["threshold"] for p in points if p["false_positives_per_scan"] <= max_false_positives]
+    if not allowed:
+        raise ValueError(f"no threshold keeps false positives at or below {max_false_positives} per scan")
+    return min(allowed)
+
+
+def evaluate_read(scans: Sequence[TruthScan], read_dir: str | os.PathLike, threshold: float = 0.5) -> dict[str, Any]:
+    """A finished read against the truth: detection, BSI agreement, patient-level performance."""
+    root = Path(read_dir)
+    matches, used, bsi_pairs, patients = [], [], [], []
+    for scan in scans:
+        folder = root / scan_name(scan.image_path)
+        if not (folder / "read.json").is_file():
+            continue
+        result = json.loads((folder / "read.json").read_text())
+        labels, _ = WholeBodyScanReader().get_data(WholeBodyScanReader().read(str(folder / "hotspots.nii.gz")))
+        matches.append(match_scan(np.rint(labels[:, : scan.half]).astype(np.int32), scan.masks))
+        used.append(scan)
+        bsi_pairs.append((float(scan.entry.get("bsi", 0.0)), float(result["bsi"])))
+        malignant = int(any(les.get("label") == 1 for les in scan.lesions))
+        patients.append((malignant, float(result["patient_probability"])))
+    if not used:
+        raise ValueError(f"{root}: no read results of the datalist's scans")
+    true_bsi, read_bsi = map(np.asarray, zip(*bsi_pairs, strict=True))
+    truth, probability = map(np.asarray, zip(*patients, strict=True))
+    rho = stats.spearmanr(true_bsi, read_bsi).statistic if len(used) > 2 else float("nan")
+    called = probability >= threshold
+    return {
+        "detection": detection_summary(used, matches),
+        "bsi": {
+            "scans": len(used),
+            "spearman": round(float(rho), 4),
+            "mean_absolute_difference": round(float(np.mean(np.abs(read_bsi - true_bsi))), 4),
+            "mean_true": round(float(true_bsi.mean()), 4),
+            "mean_read": round(float(read_bsi.mean()), 4),
+        },
+        "patient": {
+            "scans": len(used),
+            "with_malignant_lesion": int(truth.sum()),
+            "auc": round(float(roc_auc_score(truth, probability)), 4) if len(set(truth)) == 2 else None,
+            "sensitivity": round(float(called[truth == 1].mean()), 4) if truth.any() else None,
+            "specificity": round(float((~called[truth == 0]).mean()), 4) if (truth == 0).any() else None,
+        },
+    }

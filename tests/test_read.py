@@ -1,0 +1,216 @@
+"""The whole-scan read: region table and BSI, phantom ground truth, hot-spot detection and matching, the full read."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bundle.data.regions import (
+    BONE_REGIONS,
+    CLASS_VALUES,
+    REGION_BY_NAME,
+    REGIONS,
+    TOTAL_WEIGHT,
+    bone_scan_index,
+    check_region_map,
+    classes_to_labels,
+    labels_to_classes,
+    regions_table_markdown,
+)
+from bundle.read.detection_metrics import froc_point, match_scan
+from bundle.read.hotspots import HotSpotDetector, pixel_size_mm
+from bundle.read.reading import ScanError, check_scan
+
+PELVIS, FEMORA, BLADDER = (REGION_BY_NAME[n].value for n in ("pelvis", "femora", "bladder"))
+
+
+# ---- the region table and the BSI ------------------------------------------------------------------------------
+def test_region_table_is_one_consistent_list():
+    values = [r.value for r in REGIONS]
+    assert len(set(values)) == len(values) and 0 not in values
+    assert len(BONE_REGIONS) == 13 and {r.name for r in REGIONS} >= {"kidneys", "bladder", "injection_site"}
+    # Spiers' shares sum to 100.1 (his rounding); the BSI normalises them
+    assert pytest.approx(100.1) == TOTAL_WEIGHT
+    table = regions_table_markdown()
+    assert all(f"| {r.value} | {r.name} |" in table for r in REGIONS)
+    region_map = np.array([[0, 1, 13], [20, 21, 22]])
+    assert np.array_equal(classes_to_labels(labels_to_classes(region_map)), region_map)
+    assert labels_to_classes(region_map).max() == len(CLASS_VALUES) - 1
+
+
+def test_bsi_of_a_hand_made_case():
+    """One lesion of 10 pixels in a pelvis of 100 pixels: 10 % of the pelvis' 7.5 % of the skeleton."""
+    region_map = np.zeros((20, 20), np.int16)
+    region_map[:10, :10] = PELVIS
+    region_map[10:, 10:] = FEMORA  # 100 femur pixels, not involved
+    involved = np.zeros((20, 20), bool)
+    involved[0, :10] = True
+    bsi, regional = bone_scan_index(involved, region_map)
+    expected = 0.1 * 7.5 * 100 / 100.1
+    assert bsi == pytest.approx(expected, rel=1e-9) and regional["pelvis"] == pytest.approx(expected)
+    assert regional["femora"] == 0.0 and sum(regional.values()) == pytest.approx(bsi)
+    # probability-weighted involvement, and pixels off the skeleton count nothing
+    weighted = involved * 0.5
+    weighted[15, 0] = 1.0  # background pixel
+    assert bone_scan_index(weighted, region_map)[0] == pytest.approx(expected / 2)
+
+
+def test_region_map_checks_name_the_source():
+    with pytest.raises(ValueError, match=r"map\.nii\.gz: region map of shape \(4, 4\), the scan is \(8, 4\)"):
+        check_region_map(np.zeros((4, 4)), (8, 4), "map.nii.gz")
+    with pytest.raises(ValueError, match=r"unknown region label\(s\) \[17\]"):
+        check_region_map(np.full((8, 4), 17), (8, 4), "map.nii.gz")
+
+
+# ---- phantom ground truth ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_patient():
+    from bundle.phantom import PhantomConfig, generate_patient, patient_rng
+
+    for index in range(20):  # a patient with malignant lesions
+        scan, masks, records = generate_patient(patient_rng(0, index), PhantomConfig(height=256, width=128))
+        if sum(r["label"] for r in records) >= 2:
+            return scan, masks, records
+    raise AssertionError("no patient with two malignant lesions")
+
+
+def test_phantom_region_map_and_true_bsi_by_hand(tiny_patient):
+    scan, masks, records = tiny_patient
+    half = scan.image.shape[1] // 2
+    assert scan.regions.shape == scan.image.shape and scan.regions.dtype == np.int16
+    assert np.array_equal(scan.regions[:, :half], scan.regions[:, half:])  # same anatomy in both halves
+    present = set(np.unique(scan.regions).tolist()) - {0}
+    assert {r.value for r in BONE_REGIONS} <= present and present <= {r.value for r in REGIONS}
+
+    def mean_row(name: str) -> float:
+        return float(np.argwhere(scan.anatomy == REGION_BY_NAME[name].value)[:, 0].mean())
+
+    order = ["skull", "cervical_spine", "thoracic_spine", "lumbar_spine", "sacrum", "femora", "distal_limbs"]
+    assert [mean_row(n) for n in order] == sorted(mean_row(n) for n in order)
+    # the bladder is drawn over bone, the anatomy keeps the bone underneath
+    assert (scan.regions == BLADDER).any() and not (scan.anatomy == BLADDER).any()
+
+    # true BSI by hand: malignant footprint pixels per region / region pixels x weight, normalised to 100
+    involved = np.zeros(scan.image.shape, bool)
+    for mask, record in zip(masks, records, strict=True):
+        if record["label"] == 1:
+            involved |= mask.astype(bool)
+    expected = 0.0
+    for region in BONE_REGIONS:
+        area = int((scan.anatomy == region.value).sum())
+        hit = int((involved & (scan.anatomy == region.value)).sum())
+        expected += hit / area * region.weight * 100 / 100.1 if area else 0.0
+    assert expected > 0 and scan.info["bsi"] == pytest.approx(expected, abs=1e-4)
+    assert sum(scan.info["bsi_regional"].values()) == pytest.approx(scan.info["bsi"], abs=1e-3)
+    # every lesion's region is the bone region under most of its footprint
+    for mask, record in zip(masks, records, strict=True):
+        under = scan.anatomy[mask.astype(bool) & np.isin(scan.anatomy, [r.value for r in BONE_REGIONS])]
+        if under.size:
+            assert record["region"] == REGIONS[[r.value for r in REGIONS].index(np.bincount(under).argmax())].name
+
+
+def test_phantom_dataset_lists_scans_with_regions_and_bsi(phantom_dir):
+    datalist = json.loads((phantom_dir / "datalist.json").read_text())
+    scans = datalist["scans"]
+    assert len(scans) == 20 and {s["patient_id"] for s in scans} >= {e["patient_id"] for e in datalist["training"]}
+    fold_of = {e["patient_id"]: e["fold"] for e in datalist["training"]}
+    for entry in scans:
+        region_map = nib.load(phantom_dir / entry["regions"]).get_fdata()
+        image = nib.load(phantom_dir / entry["image"]).get_fdata()
+        assert region_map.shape == image.shape
+        assert entry["fold"] == fold_of.get(entry["patient_id"], entry["fold"])
+        assert entry["bsi"] >= 0 and (entry["bsi"] > 0) == bool(entry["bsi_regional"])
+    assert all(e["region"] in {r.name for r in BONE_REGIONS} for e in datalist["training"])
+
+
+# ---- hot-spot detection ----------------------------------------------------------------------------------------
+def synthetic_scan(spots: list[tuple[int, int, int, float, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """A 256 x 128 noiseless scan: a femur-region band of 100 counts in both views, a bladder of 2000 counts, and
+    hot discs ``(view, row, col, counts, radius)``; returns (scan, region map)."""
+    scan = np.zeros((256, 128), np.float32)
+    regions = np.zeros((256, 128), np.int16)
+    for offset in (0, 64):
+        scan[40:220, offset + 16 : offset + 48] = 100.0
+        regions[40:220, offset + 16 : offset + 48] = FEMORA
+        scan[100:112, offset + 20 : offset + 30] = 2000.0  # the bladder, hotter than any lesion
+        regions[98:114, offset + 18 : offset + 32] = BLADDER
+    rr, cc = np.ogrid[:256, :128]
+    for view, row, col, counts, radius in spots:
+        disc = (rr - row) ** 2 + (cc - (col + 64 * view)) ** 2 <= radius**2
+        scan[disc] = counts
+    return scan, regions
+
+
+def test_detector_finds_an_isolated_hot_spot_exactly_and_ignores_the_bladder():
+    scan, regions = synthetic_scan([(0, 170, 32, 400.0, 3), (1, 170, 32, 400.0, 3)])
+    detector = HotSpotDetector(threshold=2.0, smooth_fwhm_mm=0.0)
+    hotspots = detector(scan, regions, pixel_mm=(8.0, 8.0))
+    assert len(hotspots.records) == 1, hotspots.records
+    record = hotspots.records[0]
+    assert record["views"] == "ANT+POST" and record["region"] == "femora"
+    assert (record["centre_row"], record["centre_col"]) == (170.0, 32.0)
+    disc = np.zeros((256, 64), bool)
+    rr, cc = np.ogrid[:256, :64]
+    disc[(rr - 170) ** 2 + (cc - 32) ** 2 <= 9] = True
+    assert np.array_equal(hotspots.labels[:, :64] == 1, disc) and np.array_equal(hotspots.labels[:, 64:] == 1, disc)
+    assert record["area_px"] == disc.sum() and record["area_mm2"] == pytest.approx(disc.sum() * 64.0)
+    assert record["peak_ratio"] == pytest.approx(4.0, rel=1e-3)
+    assert not hotspots.labels[100:112].any()  # the bladder is no hot spot
+
+
+def test_anterior_and_posterior_components_are_matched():
+    near = synthetic_scan([(0, 150, 30, 400.0, 2), (1, 151, 33, 400.0, 2)])  # 3 px apart: one lesion
+    far = synthetic_scan([(0, 60, 30, 400.0, 2), (1, 190, 30, 400.0, 2)])  # 130 px apart: two
+    detector = HotSpotDetector(threshold=2.0, smooth_fwhm_mm=0.0, match_distance_mm=20.0)
+    one = detector(*near, pixel_mm=(8.0, 8.0))
+    assert [r["views"] for r in one.records] == ["ANT+POST"]
+    two = detector(*far, pixel_mm=(8.0, 8.0))
+    assert [r["views"] for r in two.records] == ["ANT", "POST"]
+    # a single-view scan: only the anterior view is read
+    single = near[0].copy()
+    single[:, 64:] = 0
+    hotspots = detector(single, near[1], pixel_mm=(8.0, 8.0))
+    assert hotspots.views == ("ANT",) and [r["views"] for r in hotspots.records] == ["ANT"]
+
+
+def test_detector_rejects_bad_input():
+    with pytest.raises(ValueError, match="even width"):
+        HotSpotDetector()(np.ones((10, 11)), np.zeros((10, 11), np.int16))
+    with pytest.raises(ValueError, match="no counts"):
+        HotSpotDetector()(np.zeros((256, 128)), np.zeros((256, 128), np.int16))
+    with pytest.raises(ValueError, match="threshold must be > 1"):
+        HotSpotDetector(threshold=0.9)
+    assert pixel_size_mm((1024, 512)) == pytest.approx((2100 / 1024, 525 / 256))
+    assert pixel_size_mm((1024, 512), (2.4, 2.4)) == (2.4, 2.4)
+
+
+def test_matching_rule_iou_or_centre():
+    labels = np.zeros((20, 20), np.int32)
+    labels[2:6, 2:6] = 1  # 16 px
+    labels[10:12, 10:12] = 2  # 4 px, contains the centre of a big lesion
+    labels[17:19, 0:2] = 3  # matches nothing
+    small = np.zeros((20, 20), bool)
+    small[2:5, 2:6] = True  # IoU 12/16 = 0.75
+    big = np.zeros((20, 20), bool)
+    big[6:17, 6:17] = True  # centre (11, 11) inside hot spot 2; IoU 4/121
+    missed = np.zeros((20, 20), bool)
+    missed[0, 19] = True
+    match = match_scan(labels, [small, big, missed])
+    assert match.found.tolist() == [True, True, False]
+    assert match.true_positive.tolist() == [True, True, False]
+    assert match.hotspot_of_lesion.tolist() == [1, 2, 0]
+    sensitivity, fp = froc_point([match, match_scan(np.zeros((20, 20), np.int32), [small])])
+    assert sensitivity == pytest.approx(2 / 4) and fp == pytest.approx(1 / 2)
+
+
+def test_check_scan_refuses_what_is_not_a_whole_body_scan():
+    check_scan(np.ones((256, 128)), "ok.nii.gz")
+    with pytest.raises(ScanError, match=r"tiny\.png: 32 x 16 is not a whole-body scan"):
+        check_scan(np.ones((32, 16)), "tiny.png")
+    with pytest.raises(ScanError, match=r"empty\.nii\.gz: the scan holds no counts"):
+        check_scan(np.zeros((256, 128)), "empty.nii.gz")
+    with pytest.raises(ScanError, match="not a 2-D scan"):
+        check_scan(np.ones((4, 256, 128)), "stack.nii.gz")
