@@ -273,7 +273,7 @@ def test_dataset_layout_and_datalist(dataset):
     for e in entries:
         assert e["image"] == f"images/{e['patient_id']}.nii.gz" and e["mask"] == f"masks/{e['lesion_id']}.nii.gz"
         assert (root / e["image"]).is_file() and (root / e["mask"]).is_file()
-    assert sorted(p.name for p in root.iterdir()) == ["datalist.json", "images", "masks", "regions"]
+    assert sorted(p.name for p in root.iterdir()) == ["datalist.json", "images", "lesions", "masks", "regions"]
     assert len(list((root / "masks").iterdir())) == len(entries)
     assert not [p for p in root.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
 

@@ -123,6 +123,12 @@ def test_phantom_dataset_lists_scans_with_regions_and_bsi(phantom_dir):
         assert region_map.shape == image.shape
         assert entry["fold"] == fold_of.get(entry["patient_id"], entry["fold"])
         assert entry["bsi"] >= 0 and (entry["bsi"] > 0) == bool(entry["bsi_regional"])
+        # the lesion label image: value k is the scan's k-th lesion mask
+        lesion_labels = nib.load(phantom_dir / entry["lesions"]).get_fdata()
+        lesions = [e for e in datalist["training"] if e["patient_id"] == entry["patient_id"]]
+        assert lesion_labels.max() == len(lesions) == entry["num_lesions"]
+        for k, lesion in enumerate(lesions, start=1):
+            assert np.array_equal(lesion_labels == k, nib.load(phantom_dir / lesion["mask"]).get_fdata() > 0)
     assert all(e["region"] in {r.name for r in BONE_REGIONS} for e in datalist["training"])
 
 

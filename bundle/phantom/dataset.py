@@ -73,11 +73,15 @@ def _make_patient(job: _Job) -> tuple[list[dict[str, Any]], dict[str, Any], dict
     root = Path(job.root)
     image_rel = f"images/{pid}{writer.extension}"
     writer.write_image(root / image_rel, scan)
-    regions_rel = f"regions/{pid}{writer.regions_extension}"
-    writer.save_regions(root / regions_rel, scan)
+    regions_rel = f"regions/{pid}{writer.labels_extension}"
+    writer.save_labels(root / regions_rel, scan.regions)
+    # every lesion in one label image: value k = lesion k (the footprints do not overlap), 0 elsewhere
+    lesions_rel = f"lesions/{pid}{writer.labels_extension}"
+    writer.save_labels(root / lesions_rel, lesion_label_image(masks))
     scan_entry = {
         "image": image_rel,
         "regions": regions_rel,
+        "lesions": lesions_rel,
         "patient_id": pid,
         "tumor_type": scan.info["tumor_type"],
         "num_lesions": len(records),
@@ -209,6 +213,7 @@ def generate_dataset(
         (tmp / "images").mkdir()
         (tmp / "masks").mkdir()
         (tmp / "regions").mkdir()
+        (tmp / "lesions").mkdir()
         jobs = [_Job(i, seed, config, fmt, str(tmp)) for i in range(patients)]
         results: Iterator = _run_jobs(jobs, workers)
         if progress is not None:
@@ -253,6 +258,16 @@ def generate_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return datalist
+
+
+def lesion_label_image(masks: np.ndarray) -> np.ndarray:
+    """The lesion masks (num_lesions, H, W) as one label image (H, W), uint8: lesion k (1-based) has value k."""
+    if len(masks) > 255:
+        raise ValueError(f"{len(masks)} lesions do not fit an 8-bit label image")
+    labels = np.zeros(masks.shape[1:], np.uint8)
+    for k, mask in enumerate(masks, start=1):
+        labels[mask.astype(bool) & (labels == 0)] = k
+    return labels
 
 
 def scan_folds(scans: list[dict[str, Any]], entries: list[dict[str, Any]], num_folds: int) -> list[dict[str, Any]]:

@@ -37,21 +37,21 @@ class ScanWriter:
         write_image: ``write_image(path, scan)`` stores the scan (stored layout: ``scan.image``, shape (H, W)).
         write_mask: ``write_mask(path, mask, scan)`` stores one lesion mask, uint8 0/1 of shape (H, W).
         description: one line for ``--help`` and the docs.
-        write_regions: ``write_regions(path, scan)`` stores the skeletal-region label map ``scan.regions`` (H, W);
-            NIfTI unless given.
-        regions_extension: file-name ending of the region maps.
+        write_labels: ``write_labels(path, labels)`` stores a label image (H, W) of values 0-255: the skeletal-region
+            map and the lesion label image of a scan; NIfTI unless given.
+        labels_extension: file-name ending of the label images.
     """
 
     extension: str
     write_image: Callable[[Path, PhantomScan], None]
     write_mask: Callable[[Path, np.ndarray, PhantomScan], None]
     description: str = ""
-    write_regions: Callable[[Path, PhantomScan], None] | None = None
-    regions_extension: str = ".nii.gz"
+    write_labels: Callable[[Path, np.ndarray], None] | None = None
+    labels_extension: str = ".nii.gz"
 
-    def save_regions(self, path: Path, scan: PhantomScan) -> None:
-        """Store ``scan.regions`` with ``write_regions`` (NIfTI when None)."""
-        (self.write_regions or _nifti_regions)(path, scan)
+    def save_labels(self, path: Path, labels: np.ndarray) -> None:
+        """Store a label image (H, W) with ``write_labels`` (uint8 NIfTI when None)."""
+        (self.write_labels or _nifti_labels)(path, np.asarray(labels, np.uint8))
 
 
 def write_nifti(path: str | Path, array: np.ndarray) -> None:
@@ -74,12 +74,12 @@ def _nifti_mask(path: Path, mask: np.ndarray, scan: PhantomScan) -> None:
     write_nifti(path, np.asarray(mask, np.uint8))
 
 
-def _nifti_regions(path: Path, scan: PhantomScan) -> None:
-    write_nifti(path, np.asarray(scan.regions, np.uint8))
+def _nifti_labels(path: Path, labels: np.ndarray) -> None:
+    write_nifti(path, labels)
 
 
-def _png_regions(path: Path, scan: PhantomScan) -> None:
-    _png_mask(path, np.asarray(scan.regions, np.uint8), scan)
+def _png_labels(path: Path, labels: np.ndarray) -> None:
+    Image.fromarray(np.ascontiguousarray(labels, np.uint8)).save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
 
 
 def _png_image(path: Path, scan: PhantomScan) -> None:
@@ -95,13 +95,13 @@ WRITERS: dict[str, ScanWriter] = {
         ".nii.gz", _nifti_image, _nifti_mask, "NIfTI-1, gzip: scan int16 counts, masks uint8 0/1, affine = identity"
     ),
     "png": ScanWriter(
-        ".png", _png_image, _png_mask, "PNG: scan 16-bit grey counts, masks 8-bit 0/1", _png_regions, ".png"
+        ".png", _png_image, _png_mask, "PNG: scan 16-bit grey counts, masks 8-bit 0/1", _png_labels, ".png"
     ),
     "dicom": ScanWriter(
         ".dcm",
         write_phantom_image,
         write_phantom_mask,
-        "DICOM: 2-frame NM whole-body scan (ANT/POST view codes) + one DICOM SEG per lesion (region maps: NIfTI)",
+        "DICOM: 2-frame NM whole-body scan (ANT/POST view codes) + one DICOM SEG per lesion (label images: NIfTI)",
     ),
 }
 
