@@ -327,3 +327,68 @@ def summary(content: dict[str, Any]) -> str:
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+
+
+def load_scan_split(
+    datalist: str | os.PathLike,
+    dataset_dir: str | os.PathLike,
+    fold: int = 0,
+    part: str = "train",
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    check_files: bool = True,
+) -> list[dict]:
+    """Whole-scan entries of one part of a split, for a region-segmentation network.
+
+    Reads the datalist's ``scans`` list (one entry per scan: ``image``, ``regions``, ``patient_id``, ``fold``; the
+    phantom writes it); ``label`` is the entry's region map (``regions``). ``part`` and the
+    split are those of :func:`load_split`: the inner validation set (``val``) is about ``val_fraction`` of the
+    training folds' patients, grouped by patient and stratified by whether the scan has malignant lesions. Entries
+    returned: ``{"image", "label", "patient_id", "fold"}`` (paths absolute).
+
+    Raises:
+        ProblemsError: no ``scans`` list, entries without the keys above, an absent ``fold``, or missing files.
+    """
+    if part not in SPLIT_PARTS:
+        raise ValueError(f"part must be one of {SPLIT_PARTS}, got {part!r}")
+    path = Path(datalist)
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ProblemsError(path, [MalformedDatalistError(path, f"cannot read it ({err})")]) from None
+    scans = content.get("scans") if isinstance(content, dict) else None
+    if not isinstance(scans, list):
+        raise ProblemsError(
+            path, [MalformedDatalistError(path, 'no "scans" list of scan entries with region maps', "see docs/read.md")]
+        )
+    keys = ("image", "regions", "patient_id", "fold")
+    problems = [
+        f"scan entry {i}: missing key(s) {', '.join(k for k in keys if k not in s)}"
+        for i, s in enumerate(scans)
+        if not isinstance(s, dict) or any(k not in s for k in keys)
+    ]
+    if not problems and part != "all" and fold not in {s["fold"] for s in scans}:
+        problems.append(f"fold {fold} is not in the scans list (folds present: {sorted({s['fold'] for s in scans})})")
+    if problems:
+        raise ProblemsError(path, problems)
+    selected = scans if part == "all" else [s for s in scans if (s["fold"] == fold) == (part == "test")]
+    selected = [
+        {**s, "image": resolve(s["image"], dataset_dir), "label": resolve(s["regions"], dataset_dir),
+         "patient_id": str(s["patient_id"]), "label_class": int(bool(s.get("malignant_lesions")))}
+        for s in selected
+    ]  # fmt: skip
+    if part in ("train", "val"):
+        grouped = [{**s, "label": s["label_class"]} for s in selected]
+        in_val = inner_validation_mask(grouped, val_fraction, seed)
+        selected = [s for s, v in zip(selected, in_val, strict=True) if v == (part == "val")]
+    if check_files:
+        missing = [
+            f"scan of patient {s['patient_id']!r}: {key} file not found: {s[key]}"
+            for s in selected
+            for key in ("image", "label")
+            if not (os.path.isfile(s[key]) or (key == "image" and os.path.isdir(s[key])))
+        ]
+        if missing:
+            raise ProblemsError(path, missing)
+    # only keys a DataLoader can batch (no None, no per-scan dicts)
+    return [{k: s[k] for k in ("image", "label", "patient_id", "fold")} for s in selected]

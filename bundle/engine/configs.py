@@ -10,6 +10,7 @@ preprocessing, network and compute definitions (defined once) from any working d
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from monai.bundle import ConfigParser
@@ -18,24 +19,29 @@ __all__ = ["read_bundle_config"]
 
 
 def read_bundle_config(
-    bundle_root: str | os.PathLike, config_file: str = "configs/train.yaml", **settings: Any
+    bundle_root: str | os.PathLike, config_file: str | Sequence[str] = "configs/train.yaml", **settings: Any
 ) -> ConfigParser:
     """The parser of another config of this bundle, read from ``bundle_root/config_file``.
+
+    ``config_file`` may also be a list of configs merged in order, as MONAI's ``--config_file "['a.yaml','b.yaml']"``
+    (e.g. ``["configs/train.yaml", "configs/regions.yaml"]``).
 
     Its ``bundle_root`` is set to ``bundle_root``, and each of ``settings`` that is not ``None`` replaces the value of
     that id (e.g. ``spatial_size=[128, 64]``); ``None`` keeps the config's own. Definitions are instantiated on
     demand: ``parser.get_parsed_content("network_def")``.
 
     Raises:
-        FileNotFoundError: ``bundle_root/config_file`` does not exist (names the file and ``--bundle_root``).
+        FileNotFoundError: a ``bundle_root/config_file`` does not exist (names the file and ``--bundle_root``).
     """
-    path = os.path.join(os.fspath(bundle_root), config_file)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{os.path.abspath(path)}: config not found; pass the bundle's folder as --bundle_root "
-            f"(now {os.fspath(bundle_root)!r})"
-        )
+    files = [config_file] if isinstance(config_file, str | os.PathLike) else list(config_file)
+    paths = [os.path.join(os.fspath(bundle_root), f) for f in files]
+    for path in paths:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{os.path.abspath(path)}: config not found; pass the bundle's folder as --bundle_root "
+                f"(now {os.fspath(bundle_root)!r})"
+            )
     parser = ConfigParser()
-    parser.read_config(path)
+    parser.read_config(paths)
     parser.update({"bundle_root": os.fspath(bundle_root), **{k: v for k, v in settings.items() if v is not None}})
     return parser
