@@ -19,6 +19,7 @@ does not find them (docs/read.md lists what it misses).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -108,6 +109,15 @@ class HotSpotDetector:
         excluded = _dilate(np.isin(regions, NON_BONE_VALUES), self.exclusion_margin_mm, pixel_mm)
         return (ratio >= self.threshold) & near_bone & ~excluded
 
+    def view_candidates(
+        self, scan: np.ndarray, regions: np.ndarray, pixel_mm: tuple[float, float], view: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(hot pixels bool, ratio to normal bone float32) of view ``view`` (0 anterior, 1 posterior), (H, W/2)."""
+        half = scan.shape[1] // 2
+        counts, view_regions = scan[:, view * half : (view + 1) * half], regions[:, view * half : (view + 1) * half]
+        ratio = self.ratio_image(counts, view_regions, pixel_mm)
+        return self.candidate_pixels(ratio, view_regions, pixel_mm), ratio
+
     def __call__(self, scan: np.ndarray, regions: np.ndarray, pixel_mm: tuple[float, float] | None = None) -> HotSpots:
         """Detect the hot spots of one scan.
 
@@ -117,68 +127,76 @@ class HotSpotDetector:
             regions: region labels (H, W) (:mod:`bundle.data.regions`).
             pixel_mm: (row, column) pixel size; default from the whole-body field of view (:func:`pixel_size_mm`).
         """
-        scan = np.asarray(scan, np.float32)
-        if scan.ndim != 2 or scan.shape[1] % 2:
-            raise ValueError(f"a scan is 2-D (H, W) with an even width (two views), got shape {scan.shape}")
-        if regions.shape != scan.shape:
-            raise ValueError(f"region map {regions.shape} and scan {scan.shape} differ in shape")
-        pixel_mm = pixel_mm or pixel_size_mm(scan.shape)
-        half = scan.shape[1] // 2
-        present = [v for v in range(2) if scan[:, v * half : (v + 1) * half].any()]
-        if not present:
-            raise ValueError("the scan holds no counts in either view")
-        pixel_area = pixel_mm[0] * pixel_mm[1]
-        min_pixels = max(1, math.ceil(self.min_area_mm2 / pixel_area))
-        components: list[dict[str, Any]] = []  # one per component of one view
-        ratios: dict[int, np.ndarray] = {}
-        for v in present:
-            view = scan[:, v * half : (v + 1) * half]
-            view_regions = regions[:, v * half : (v + 1) * half]
-            ratio = self.ratio_image(view, view_regions, pixel_mm)
-            ratios[v] = ratio
-            labelled, _ = ndimage.label(self.candidate_pixels(ratio, view_regions, pixel_mm))
-            for k, where in enumerate(ndimage.find_objects(labelled), start=1):
-                pixels = labelled[where] == k
-                if pixels.sum() < min_pixels:
-                    continue
-                rows, cols = np.nonzero(pixels)
-                components.append(
-                    {
-                        "view": v,
-                        "rows": rows + where[0].start,
-                        "cols": cols + where[1].start,
-                    }
-                )
-        groups = _match_views(components, half, pixel_mm, self.match_distance_mm, scan.shape[0])
-        labels = np.zeros(scan.shape, np.int32)
-        records = []
-        one_view = np.zeros((scan.shape[0], half), bool)
-        for hotspot_id, members in enumerate(groups, start=1):
-            one_view[:] = False
-            peak, ratio_values = 0.0, []
-            for c in members:
-                one_view[c["rows"], c["cols"]] = True
-                values = ratios[c["view"]][c["rows"], c["cols"]]
-                peak = max(peak, float(values.max()))
-                ratio_values.append(values)
-            labels[:, :half][one_view] = hotspot_id
-            labels[:, half:][one_view] = hotspot_id
-            rows, cols = np.nonzero(one_view)
-            region_half = regions[:, :half] if 0 in present else regions[:, half:]
-            records.append(
-                {
-                    "hotspot_id": hotspot_id,
-                    "views": "+".join(VIEW_NAMES[v] for v in sorted({c["view"] for c in members})),
-                    "centre_row": round(float(rows.mean()), 1),
-                    "centre_col": round(float(cols.mean()), 1),
-                    "area_px": int(one_view.sum()),
-                    "area_mm2": round(float(one_view.sum()) * pixel_area, 1),
-                    "region": region_name(dominant_region(one_view, region_half)),
-                    "peak_ratio": round(peak, 3),
-                    "mean_ratio": round(float(np.concatenate(ratio_values).mean()), 3),
-                }
-            )
-        return HotSpots(labels, records, tuple(VIEW_NAMES[v] for v in present), tuple(pixel_mm))
+        return assemble_hotspots(self, scan, regions, pixel_mm, self.view_candidates)
+
+
+def assemble_hotspots(
+    detector: HotSpotDetector,
+    scan: np.ndarray,
+    regions: np.ndarray,
+    pixel_mm: tuple[float, float] | None,
+    view_candidates: Callable[[np.ndarray, np.ndarray, tuple[float, float], int], tuple[np.ndarray, np.ndarray]],
+) -> HotSpots:
+    """Hot spots from per-view candidate pixels: components of at least ``detector.min_area_mm2``, anterior and
+    posterior components matched (``detector.match_distance_mm``), one record per hot spot.
+
+    Args:
+        view_candidates: ``(scan, regions, pixel_mm, view) -> (candidate pixels, ratio to normal bone)`` of one view,
+            each (H, W/2): the classical detector's or a network's candidates.
+    """
+    scan = np.asarray(scan, np.float32)
+    if scan.ndim != 2 or scan.shape[1] % 2:
+        raise ValueError(f"a scan is 2-D (H, W) with an even width (two views), got shape {scan.shape}")
+    if regions.shape != scan.shape:
+        raise ValueError(f"region map {regions.shape} and scan {scan.shape} differ in shape")
+    pixel_mm = pixel_mm or pixel_size_mm(scan.shape)
+    half = scan.shape[1] // 2
+    present = [v for v in range(2) if scan[:, v * half : (v + 1) * half].any()]
+    if not present:
+        raise ValueError("the scan holds no counts in either view")
+    pixel_area = pixel_mm[0] * pixel_mm[1]
+    min_pixels = max(1, math.ceil(detector.min_area_mm2 / pixel_area))
+    components: list[dict[str, Any]] = []  # one per component of one view
+    ratios: dict[int, np.ndarray] = {}
+    for v in present:
+        candidates, ratios[v] = view_candidates(scan, regions, pixel_mm, v)
+        labelled, _ = ndimage.label(candidates)
+        for k, where in enumerate(ndimage.find_objects(labelled), start=1):
+            pixels = labelled[where] == k
+            if pixels.sum() < min_pixels:
+                continue
+            rows, cols = np.nonzero(pixels)
+            components.append({"view": v, "rows": rows + where[0].start, "cols": cols + where[1].start})
+    groups = _match_views(components, half, pixel_mm, detector.match_distance_mm, scan.shape[0])
+    labels = np.zeros(scan.shape, np.int32)
+    records = []
+    one_view = np.zeros((scan.shape[0], half), bool)
+    for hotspot_id, members in enumerate(groups, start=1):
+        one_view[:] = False
+        peak, ratio_values = 0.0, []
+        for c in members:
+            one_view[c["rows"], c["cols"]] = True
+            values = ratios[c["view"]][c["rows"], c["cols"]]
+            peak = max(peak, float(values.max()))
+            ratio_values.append(values)
+        labels[:, :half][one_view] = hotspot_id
+        labels[:, half:][one_view] = hotspot_id
+        rows, cols = np.nonzero(one_view)
+        region_half = regions[:, :half] if 0 in present else regions[:, half:]
+        records.append(
+            {
+                "hotspot_id": hotspot_id,
+                "views": "+".join(VIEW_NAMES[v] for v in sorted({c["view"] for c in members})),
+                "centre_row": round(float(rows.mean()), 1),
+                "centre_col": round(float(cols.mean()), 1),
+                "area_px": int(one_view.sum()),
+                "area_mm2": round(float(one_view.sum()) * pixel_area, 1),
+                "region": region_name(dominant_region(one_view, region_half)),
+                "peak_ratio": round(peak, 3),
+                "mean_ratio": round(float(np.concatenate(ratio_values).mean()), 3),
+            }
+        )
+    return HotSpots(labels, records, tuple(VIEW_NAMES[v] for v in present), tuple(pixel_mm))
 
 
 def local_bone_level(
