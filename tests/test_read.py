@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from PIL import Image
 
 from bundle.data.regions import (
     BONE_REGIONS,
@@ -23,6 +27,7 @@ from bundle.data.regions import (
 from bundle.read.detection_metrics import froc_point, match_scan
 from bundle.read.hotspots import HotSpotDetector, pixel_size_mm
 from bundle.read.reading import ScanError, check_scan
+from tests.conftest import REPO_ROOT, bundle_path, run_bundle, run_python, save_nifti, save_seeded_resnet50
 
 PELVIS, FEMORA, BLADDER = (REGION_BY_NAME[n].value for n in ("pelvis", "femora", "bladder"))
 
@@ -220,3 +225,122 @@ def test_check_scan_refuses_what_is_not_a_whole_body_scan():
         check_scan(np.zeros((256, 128)), "empty.nii.gz")
     with pytest.raises(ScanError, match="not a 2-D scan"):
         check_scan(np.ones((4, 256, 128)), "stack.nii.gz")
+
+
+# ---- the full read ---------------------------------------------------------------------------------------------
+READ_TINY = ["--spatial_size", "[64,32]", "--amp", "false", "--batch_size", "4"]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def read_run(tmp_path_factory, phantom_dir):
+    """The read (atlas regions, classical detector) over 3 phantom scans, a single-view scan and 2 bad files."""
+    work = tmp_path_factory.mktemp("read")
+    checkpoint = work / "model.pt"
+    save_seeded_resnet50(checkpoint)
+    images = work / "scans" / "images"
+    images.mkdir(parents=True)
+    for name in ("P00001", "P00002", "P00003"):
+        shutil.copy(phantom_dir / "images" / f"{name}.nii.gz", images)
+    single = nib.load(phantom_dir / "images" / "P00004.nii.gz").get_fdata().astype(np.float32)
+    single[:, single.shape[1] // 2 :] = 0
+    save_nifti(images / "single.nii.gz", single)
+    save_nifti(images / "empty.nii.gz", np.zeros((256, 128), np.float32))
+    Image.fromarray(np.ones((32, 16), np.uint16)).save(images / "tiny.png")
+    out = work / "out"
+    result = run_bundle(
+        "run", "reading", "--config_file", "configs/read.yaml", "--dataset_dir", str(work / "scans"),
+        "--output_dir", str(out), "--checkpoint", str(checkpoint), *READ_TINY, check=False,
+    )  # fmt: skip
+    return work, out, result
+
+
+@pytest.mark.integration
+def test_read_writes_every_output_and_reports_bad_scans(read_run):
+    _, out, result = read_run
+    assert result.returncode == 1, result.stderr[-3000:]  # two bad files: reported, the others read
+    failed = {Path(r["scan"]).name: r["error"] for r in read_csv(out / "failed.csv")}
+    assert set(failed) == {"empty.nii.gz", "tiny.png"}
+    assert "holds no counts" in failed["empty.nii.gz"] and "is not a whole-body scan" in failed["tiny.png"]
+    reads = {r["scan"]: r for r in read_csv(out / "reads.csv")}
+    assert set(reads) == {"P00001", "P00002", "P00003", "single"}
+    for name, row in reads.items():
+        folder = out / name
+        assert sorted(p.name for p in folder.iterdir()) == [
+            "hotspots.csv", "hotspots.nii.gz", "read.json", "read.png", "regions.nii.gz"
+        ]  # fmt: skip
+        result_json = json.loads((folder / "read.json").read_text())
+        hot = read_csv(folder / "hotspots.csv")
+        labels = nib.load(folder / "hotspots.nii.gz").get_fdata()
+        assert labels.shape == (256, 128) and int(labels.max()) == len(hot) == int(row["hotspots"])
+        assert result_json["regions_source"] == "atlas"
+        probabilities = [float(h["p_malignant"]) for h in hot]
+        assert float(row["patient_probability"]) == pytest.approx(max(probabilities, default=0.0), abs=1e-6)
+        malignant = labels * 0
+        for h in hot:
+            assert h["predicted_class"] == str(int(float(h["p_malignant"]) >= 0.5))
+            if h["predicted_class"] == "1":
+                malignant += labels == int(h["hotspot_id"])
+        regions = nib.load(folder / "regions.nii.gz").get_fdata().astype(np.int16)
+        expected_bsi, _ = bone_scan_index((malignant > 0) & np.isin(regions, [r.value for r in BONE_REGIONS]), regions)
+        assert float(row["bsi"]) == pytest.approx(expected_bsi, abs=1e-4)
+    single = json.loads((out / "single" / "read.json").read_text())
+    assert single["views"] == ["ANT"] and single["bsi_views"] == 1
+    assert not nib.load(out / "single" / "regions.nii.gz").get_fdata()[:, 64:].any()
+    assert len(read_csv(out / "hotspots.csv")) == sum(int(r["hotspots"]) for r in reads.values())
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+@pytest.mark.integration
+def test_read_probabilities_equal_the_classifier_s_inference(read_run):
+    """Each hot spot's P(malignant) is what inference.yaml gives for the same scan and mask (1e-5)."""
+    work, out, _ = read_run
+    entries, expected = [], {}
+    for row in read_csv(out / "hotspots.csv"):
+        lesion_id = f"{row['scan']}_{row['hotspot_id']}"
+        image = str(work / "scans" / "images" / f"{row['scan']}.nii.gz")
+        entries.append({"image": image, "mask": f"{out / row['scan'] / 'hotspots.nii.gz'}#{row['hotspot_id']}",
+                        "lesion_id": lesion_id})  # fmt: skip
+        expected[lesion_id] = float(row["p_malignant"])
+    assert len(entries) >= 3
+    datalist = work / "hotspots.json"
+    datalist.write_text(json.dumps({"training": entries}))
+    run_bundle(
+        "run", "--config_file", "configs/inference.yaml", "--dataset_dir", str(work), "--datalist", str(datalist),
+        "--checkpoint", str(work / "model.pt"), "--output_dir", str(work / "infer"), *READ_TINY,
+    )  # fmt: skip
+    inferred = {r["lesion_id"]: float(r["probability"]) for r in read_csv(work / "infer" / "lesions.csv")}
+    assert set(inferred) == set(expected)
+    for lesion_id, probability in expected.items():
+        assert probability == pytest.approx(inferred[lesion_id], abs=1e-5), lesion_id
+    assert len(set(expected.values())) > 1
+
+
+@pytest.mark.integration
+def test_read_data_parallel_equals_one_process(read_run, tmp_path):
+    """torchrun with 2 gloo processes: each reads half the scans; the merged result set is the single process's."""
+    work, out, _ = read_run
+    scans = tmp_path / "scans" / "images"
+    scans.mkdir(parents=True)
+    for name in ("P00001", "P00002", "P00003"):
+        shutil.copy(work / "scans" / "images" / f"{name}.nii.gz", scans)
+    ddp_out = tmp_path / "out"
+    run_python(
+        "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2", "-m", "monai.bundle",
+        "run", "reading", "--config_file", bundle_path("['configs/read.yaml','configs/read_multi_gpu.yaml']"),
+        "--bundle_root", str(REPO_ROOT), "--dataset_dir", str(tmp_path / "scans"), "--output_dir", str(ddp_out),
+        "--checkpoint", str(work / "model.pt"), *READ_TINY,
+    )  # fmt: skip
+    single = {r["scan"]: r for r in read_csv(out / "reads.csv")}
+    merged = read_csv(ddp_out / "reads.csv")
+    assert [r["scan"] for r in merged] == ["P00001", "P00002", "P00003"]
+    for row in merged:
+        assert row == single[row["scan"]]
+        assert (ddp_out / row["scan"] / "hotspots.csv").read_bytes() == (
+            out / row["scan"] / "hotspots.csv"
+        ).read_bytes()
+    assert read_csv(ddp_out / "failed.csv") == []
