@@ -344,3 +344,43 @@ def test_read_data_parallel_equals_one_process(read_run, tmp_path):
             out / row["scan"] / "hotspots.csv"
         ).read_bytes()
     assert read_csv(ddp_out / "failed.csv") == []
+
+
+@pytest.mark.integration
+def test_learned_hotspot_detector_trains_and_detects(phantom_dir, tmp_path):
+    """configs/hotspots.yaml trains on the lesion label images; its detector gives hot spots on the scan's grid, and
+    the read and the FROC tool accept its checkpoint."""
+    from bundle.read.learned import LearnedHotSpotDetector
+
+    out = tmp_path / "hotspots"
+    run_bundle(
+        "run", "training", "--config_file", "['configs/train.yaml','configs/regions.yaml','configs/hotspots.yaml']",
+        "--dataset_dir", str(phantom_dir), "--output_dir", str(out), "--max_epochs", "1", "--spatial_size", "[64,32]",
+        "--batch_size", "4", "--num_workers", "0",
+    )  # fmt: skip
+    checkpoint = out / "checkpoints" / "model.pt"
+    assert checkpoint.is_file() and any((out / "tensorboard").iterdir())
+    detector = LearnedHotSpotDetector(checkpoint, REPO_ROOT, threshold=0.5)
+    scan = nib.load(phantom_dir / "images" / "P00001.nii.gz").get_fdata().astype(np.float32)
+    regions = nib.load(phantom_dir / "regions" / "P00001.nii.gz").get_fdata().astype(np.int16)
+    probability = detector.lesion_probability(scan)
+    assert probability.shape == scan.shape and 0.0 <= probability.min() <= probability.max() <= 1.0
+    low = detector.at_threshold(0.01)(scan, regions)
+    assert low.labels.shape == scan.shape and detector.threshold == 0.5
+    # a lower threshold never finds fewer hot-spot pixels
+    assert (low.labels > 0).sum() >= (detector(scan, regions).labels > 0).sum()
+    with pytest.raises(ValueError, match="threshold must lie in"):
+        detector.at_threshold(1.5)
+    froc_out = tmp_path / "froc"
+    result = run_python(
+        "-m", "bundle.read", "froc", "--dataset_dir", str(phantom_dir), "--out", str(froc_out), "--limit", "3",
+        "--detector", str(checkpoint), "--bundle_root", str(REPO_ROOT), "--thresholds", "0.2,0.5",
+        "--max_false_positives", "1000",
+    )  # fmt: skip
+    froc_json = json.loads((froc_out / "froc.json").read_text())
+    assert [p["threshold"] for p in froc_json["points"]] == [0.2, 0.5] and (froc_out / "froc.png").is_file()
+    assert froc_json["points"][0]["lesions"] == sum(
+        1 for e in json.loads((phantom_dir / "datalist.json").read_text())["training"]
+        if e["patient_id"] in {"P00001", "P00002", "P00003"}
+    )  # fmt: skip
+    assert "operating point" in result.stdout

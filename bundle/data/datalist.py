@@ -337,11 +337,13 @@ def load_scan_split(
     val_fraction: float = 0.1,
     seed: int = 0,
     check_files: bool = True,
+    label_key: str = "regions",
 ) -> list[dict]:
-    """Whole-scan entries of one part of a split, for a region-segmentation network.
+    """Whole-scan entries of one part of a split, for a segmentation network (regions, or lesions with
+    ``label_key="lesions"``: the scan's lesion label image).
 
     Reads the datalist's ``scans`` list (one entry per scan: ``image``, ``regions``, ``patient_id``, ``fold``; the
-    phantom writes it); ``label`` is the entry's region map (``regions``). ``part`` and the
+    phantom writes it); ``label`` is the entry's ``label_key`` file. ``part`` and the
     split are those of :func:`load_split`: the inner validation set (``val``) is about ``val_fraction`` of the
     training folds' patients, grouped by patient and stratified by whether the scan has malignant lesions. Entries
     returned: ``{"image", "label", "patient_id", "fold"}`` (paths absolute).
@@ -361,7 +363,7 @@ def load_scan_split(
         raise ProblemsError(
             path, [MalformedDatalistError(path, 'no "scans" list of scan entries with region maps', "see docs/read.md")]
         )
-    keys = ("image", "regions", "patient_id", "fold")
+    keys = ("image", label_key, "patient_id", "fold")
     problems = [
         f"scan entry {i}: missing key(s) {', '.join(k for k in keys if k not in s)}"
         for i, s in enumerate(scans)
@@ -373,7 +375,7 @@ def load_scan_split(
         raise ProblemsError(path, problems)
     selected = scans if part == "all" else [s for s in scans if (s["fold"] == fold) == (part == "test")]
     selected = [
-        {**s, "image": resolve(s["image"], dataset_dir), "label": resolve(s["regions"], dataset_dir),
+        {**s, "image": resolve(s["image"], dataset_dir), "label": resolve(s[label_key], dataset_dir),
          "patient_id": str(s["patient_id"]), "label_class": int(bool(s.get("malignant_lesions")))}
         for s in selected
     ]  # fmt: skip

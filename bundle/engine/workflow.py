@@ -23,5 +23,9 @@ def log_run_end(ckpt_dir: str, log_dir: str, evaluator: Evaluator | None = None)
             f"best validation {evaluator.state.key_metric_name} = {evaluator.state.best_metric:.4f} "
             f"at epoch {evaluator.state.best_metric_epoch}"
         )
-    logger.info(f"checkpoints in {os.path.abspath(ckpt_dir)} (model.pt = best validation AUC, model_final.pt = last)")
+    metric = evaluator.state.key_metric_name if evaluator is not None else None
+    logger.info(
+        f"checkpoints in {os.path.abspath(ckpt_dir)} (model.pt = best validation {metric or 'metric'}, "
+        "model_final.pt = last)"
+    )
     logger.info(f"view the curves with: tensorboard --logdir {os.path.abspath(log_dir)}")

@@ -39,7 +39,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     froc_parser.add_argument(
         "--regions", default="truth", help="region maps: truth (the datalist's), atlas, or a regions checkpoint"
     )
-    froc_parser.add_argument("--bundle_root", default=".", help="bundle folder (for a regions checkpoint)")
+    froc_parser.add_argument(
+        "--detector", default="classical", help="classical, or a checkpoint of configs/hotspots.yaml (the thresholds "
+        "are then lesion probabilities, e.g. 0.3,0.5,0.7)",
+    )  # fmt: skip
+    froc_parser.add_argument("--bundle_root", default=".", help="bundle folder (for a regions/hotspots checkpoint)")
+    froc_parser.add_argument(
+        "--spatial_size", default=None, help='input size the regions/hotspots network was trained at, e.g. "256,128" '
+        "(default: the configs')",
+    )  # fmt: skip
     froc_parser.add_argument(
         "--max_false_positives", type=float, default=5.0, help="operating-point rule: lowest threshold with at most "
         "this many false positives per scan (default: 5)",
@@ -49,7 +57,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _segmenter(spec: str, bundle_root: str):
+def _size(text: str | None) -> list[int] | None:
+    return [int(v) for v in text.strip("[]").split(",")] if text else None
+
+
+def _segmenter(spec: str, bundle_root: str, spatial_size: list[int] | None = None):
     if spec == "truth":
         return None
     if spec == "atlas":
@@ -58,7 +70,16 @@ def _segmenter(spec: str, bundle_root: str):
         return AtlasRegionSegmenter()
     from bundle.read.learned import LearnedRegionSegmenter
 
-    return LearnedRegionSegmenter(checkpoint=spec, bundle_root=bundle_root)
+    return LearnedRegionSegmenter(checkpoint=spec, bundle_root=bundle_root, spatial_size=spatial_size)
+
+
+def _detector(spec: str, bundle_root: str, spatial_size: list[int] | None = None):
+    if spec == "classical":
+        return None
+    from bundle.read.learned import LearnedHotSpotDetector
+
+    network = LearnedHotSpotDetector(spec, bundle_root, spatial_size=spatial_size)
+    return lambda t: network.at_threshold(t)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,12 +96,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         if args.command == "froc":
             thresholds = [float(t) for t in args.thresholds.split(",")]
-            points = froc(scans, thresholds, _segmenter(args.regions, args.bundle_root))
+            points = froc(
+                scans,
+                thresholds,
+                _segmenter(args.regions, args.bundle_root),
+                _detector(args.detector, args.bundle_root),
+            )
             chosen = choose_threshold(points, args.max_false_positives)
-            result = {"regions": args.regions, "rule": f"lowest threshold with <= {args.max_false_positives} false "
-                      "positives per scan", "chosen_threshold": chosen, "points": points}  # fmt: skip
+            rule = f"lowest threshold with <= {args.max_false_positives} false positives per scan"
+            result = {"regions": args.regions, "detector": args.detector, "rule": rule, "chosen_threshold": chosen,
+                      "points": points}  # fmt: skip
             atomic_write_text(out / "froc.json", json.dumps(result, indent=1))
-            plot_froc(points, out / "froc.png", title=f"hot-spot detector, {len(scans)} scans, regions: {args.regions}")
+            title = f"{args.detector} detector, {len(scans)} scans, regions: {args.regions}"
+            plot_froc(points, out / "froc.png", title=title)
             for p in points:
                 print(f"threshold {p['threshold']:.2f}: sensitivity {p['sensitivity']:.3f}, "
                       f"{p['false_positives_per_scan']:.2f} false positives per scan")  # fmt: skip

@@ -137,17 +137,22 @@ def froc(
     scans: Sequence[TruthScan],
     thresholds: Sequence[float],
     segmenter: Callable[[np.ndarray], np.ndarray] | None = None,
-    detector: HotSpotDetector | None = None,
+    detector_at: Callable[[float], Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """One :func:`detection_summary` per detector threshold (``segmenter`` None: the true region maps)."""
-    detector = detector or HotSpotDetector()
+    """One :func:`detection_summary` per detector threshold.
+
+    Args:
+        segmenter: region maps of the scans; None: the true ones of the datalist.
+        detector_at: ``threshold -> detector``; default the classical :class:`HotSpotDetector` at that threshold.
+    """
+    detector_at = detector_at or (lambda t: HotSpotDetector(threshold=t))
     region_maps = [scan.regions if segmenter is None else segmenter(scan.counts) for scan in scans]
     points = []
     for threshold in thresholds:
-        det = HotSpotDetector(**{**detector.__dict__, "threshold": float(threshold)})
+        detector = detector_at(float(threshold))
         matches = []
         for scan, regions in zip(scans, region_maps, strict=True):
-            hotspots = det(scan.counts, regions, scan.pixel_mm)
+            hotspots = detector(scan.counts, regions, scan.pixel_mm)
             matches.append(match_scan(hotspots.labels[:, : scan.half], scan.masks))
         points.append({"threshold": float(threshold), **detection_summary(scans, matches)})
     return points

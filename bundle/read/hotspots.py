@@ -99,14 +99,14 @@ class HotSpotDetector:
         smooth_sigma = self.smooth_fwhm_mm / (2 * math.sqrt(2 * math.log(2))) / px
         counts = ndimage.gaussian_filter(view.astype(np.float32), smooth_sigma, mode="constant")
         level = local_bone_level(counts, regions, pixel_mm, self.background_mm)
-        near = _dilate(bone_mask(regions), self.skeleton_margin_mm, pixel_mm)
+        near = dilate(bone_mask(regions), self.skeleton_margin_mm, pixel_mm)
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(near & (level > 0), counts / np.where(level > 0, level, 1.0), 0.0).astype(np.float32)
 
     def candidate_pixels(self, ratio: np.ndarray, regions: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarray:
         """Hot pixels of one view, bool (H, W/2): ratio ≥ threshold, near bone, away from organs/injection."""
-        near_bone = _dilate(bone_mask(regions), self.skeleton_margin_mm, pixel_mm)
-        excluded = _dilate(np.isin(regions, NON_BONE_VALUES), self.exclusion_margin_mm, pixel_mm)
+        near_bone = dilate(bone_mask(regions), self.skeleton_margin_mm, pixel_mm)
+        excluded = dilate(np.isin(regions, NON_BONE_VALUES), self.exclusion_margin_mm, pixel_mm)
         return (ratio >= self.threshold) & near_bone & ~excluded
 
     def view_candidates(
@@ -131,7 +131,7 @@ class HotSpotDetector:
 
 
 def assemble_hotspots(
-    detector: HotSpotDetector,
+    detector: Any,
     scan: np.ndarray,
     regions: np.ndarray,
     pixel_mm: tuple[float, float] | None,
@@ -141,6 +141,7 @@ def assemble_hotspots(
     posterior components matched (``detector.match_distance_mm``), one record per hot spot.
 
     Args:
+        detector: gives ``min_area_mm2`` and ``match_distance_mm`` (a :class:`HotSpotDetector` or a learned one).
         view_candidates: ``(scan, regions, pixel_mm, view) -> (candidate pixels, ratio to normal bone)`` of one view,
             each (H, W/2): the classical detector's or a network's candidates.
     """
@@ -232,7 +233,7 @@ def local_bone_level(
     return level
 
 
-def _dilate(mask: np.ndarray, radius_mm: float, pixel_mm: tuple[float, float]) -> np.ndarray:
+def dilate(mask: np.ndarray, radius_mm: float, pixel_mm: tuple[float, float]) -> np.ndarray:
     """Binary dilation by an ellipse of ``radius_mm`` (in pixels per axis)."""
     rr, rc = radius_mm / pixel_mm[0], radius_mm / pixel_mm[1]
     if rr < 0.5 and rc < 0.5:

@@ -357,7 +357,7 @@ class WholeScanReader:
             "scans_failed": len(failures),
             "threshold": self.threshold,
             "regions_source": self.regions_source,
-            "detector": self.detector.__dict__ if hasattr(self.detector, "__dict__") else str(self.detector),
+            "detector": repr(self.detector),
             "scans": rows,
             "failed": failures,
         }
