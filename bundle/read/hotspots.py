@@ -68,8 +68,8 @@ class HotSpotDetector:
     """Classical hot-spot detector (see the module docstring); all sizes in mm, so it works at any matrix size.
 
     Args:
-        threshold: a pixel is hot at ``threshold`` times the local normal-bone level (the operating point was chosen
-            on phantom scans of other patients than those reported, docs/read.md).
+        threshold: a pixel is hot at ``threshold`` times the local normal-bone level; 2.2, the lowest threshold with
+            at most 5 false positives per scan on phantom scans of other patients than those reported (docs/read.md).
         smooth_fwhm_mm: Gaussian smoothing of the counts before the ratio (noise).
         background_mm: size of the window of the local normal-bone level (a median per bone region).
         skeleton_margin_mm: hot pixels must lie within this distance of a bone region.
@@ -78,7 +78,7 @@ class HotSpotDetector:
         match_distance_mm: anterior and posterior components with centres this close are one hot spot.
     """
 
-    threshold: float = 1.6
+    threshold: float = 2.2
     smooth_fwhm_mm: float = 6.0
     background_mm: float = 60.0
     skeleton_margin_mm: float = 6.0
