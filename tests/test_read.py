@@ -384,3 +384,29 @@ def test_learned_hotspot_detector_trains_and_detects(phantom_dir, tmp_path):
         if e["patient_id"] in {"P00001", "P00002", "P00003"}
     )  # fmt: skip
     assert "operating point" in result.stdout
+
+
+def test_docs_print_the_region_table():
+    """docs/read.md shows the table of bundle/data/regions.py as `python -m bundle.read regions` prints it."""
+    printed = run_python("-m", "bundle.read", "regions").stdout.strip()
+    assert printed == regions_table_markdown()
+    assert printed in (REPO_ROOT / "docs" / "read.md").read_text()
+
+
+@pytest.mark.integration
+def test_read_evaluation_against_the_truth(read_run, phantom_dir, tmp_path):
+    """`python -m bundle.read evaluate` matches the read's hot spots to the datalist's lesions and its BSI to the
+    true BSI, over the scans that were read."""
+    _, out, _ = read_run
+    run_python("-m", "bundle.read", "evaluate", "--dataset_dir", str(phantom_dir), "--read_dir", str(out),
+               "--out", str(tmp_path))  # fmt: skip
+    result = json.loads((tmp_path / "read_evaluation.json").read_text())
+    datalist = json.loads((phantom_dir / "datalist.json").read_text())
+    read_ids = ("P00001", "P00002", "P00003")  # "single" is not a datalist scan
+    assert result["detection"]["scans"] == result["bsi"]["scans"] == 3
+    assert result["detection"]["lesions"] == sum(e["patient_id"] in read_ids for e in datalist["training"])
+    reads = {r["scan"]: float(r["bsi"]) for r in read_csv(out / "reads.csv")}
+    assert result["bsi"]["mean_read"] == pytest.approx(np.mean([reads[s] for s in read_ids]), abs=1e-4)
+    truth = {s["patient_id"]: s["bsi"] for s in datalist["scans"]}
+    assert result["bsi"]["mean_true"] == pytest.approx(np.mean([truth[s] for s in read_ids]), abs=1e-4)
+    assert 0.0 <= result["detection"]["sensitivity"] <= 1.0
