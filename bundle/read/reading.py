@@ -422,7 +422,7 @@ def render_read_png(
     import matplotlib.pyplot as plt
 
     height, width = scan.shape
-    fig, ax = plt.subplots(figsize=(6, 6 * height / width * 0.55 + 0.6), dpi=110)
+    fig, ax = plt.subplots(figsize=(7, 7 * height / width + 0.5), dpi=110)
     vmax = float(np.percentile(scan[scan > 0], 99.5)) if (scan > 0).any() else 1.0
     ax.imshow(scan, cmap="gray_r", vmin=0, vmax=vmax, interpolation="nearest")
     ax.imshow(np.ma.masked_equal(regions, 0), cmap="tab20", alpha=0.18, interpolation="nearest", vmin=0, vmax=22)
