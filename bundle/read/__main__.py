@@ -99,10 +99,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             points = froc(
                 scans,
                 thresholds,
-                _segmenter(args.regions, args.bundle_root),
-                _detector(args.detector, args.bundle_root),
+                _segmenter(args.regions, args.bundle_root, _size(args.spatial_size)),
+                _detector(args.detector, args.bundle_root, _size(args.spatial_size)),
             )
-            chosen = choose_threshold(points, args.max_false_positives)
+            try:
+                chosen = choose_threshold(points, args.max_false_positives)
+            except ValueError as err:  # reported, the curve is still written
+                print(f"warning: {err}", file=sys.stderr)
+                chosen = None
             rule = f"lowest threshold with <= {args.max_false_positives} false positives per scan"
             result = {"regions": args.regions, "detector": args.detector, "rule": rule, "chosen_threshold": chosen,
                       "points": points}  # fmt: skip
