@@ -54,7 +54,7 @@ from bundle.data.regions import (
     bone_scan_index,
     check_region_map,
 )
-from bundle.io import atomic_write_text
+from bundle.io import atomic_write_text, current_umask
 from bundle.read.hotspots import HotSpotDetector, HotSpots, pixel_size_mm
 
 logger = logging.getLogger(__name__)
@@ -219,6 +219,7 @@ class WholeScanReader:
         hotspots = self.detector(array, regions, pixel_mm)
         final = self.output_dir / name
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=self.output_dir))
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; the result is the user's usual folder
         try:
             _write_label_nifti(tmp / "hotspots.nii.gz", hotspots.labels)
             _write_label_nifti(tmp / "regions.nii.gz", regions)
