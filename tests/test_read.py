@@ -236,9 +236,23 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def write_wrong_modality_dicom(path: Path) -> None:
+    """A phantom DICOM scan relabelled as CT: not a nuclear-medicine scan."""
+    import pydicom
+
+    from bundle.phantom import PhantomConfig, generate_patient, patient_rng
+    from bundle.phantom.dicom import write_phantom_image
+
+    scan, _, _ = generate_patient(patient_rng(0, 0), PhantomConfig(height=256, width=128))
+    write_phantom_image(path, scan)
+    dataset = pydicom.dcmread(path)
+    dataset.Modality = "CT"
+    dataset.save_as(path)
+
+
 @pytest.fixture(scope="module")
 def read_run(tmp_path_factory, phantom_dir):
-    """The read (atlas regions, classical detector) over 3 phantom scans, a single-view scan and 2 bad files."""
+    """The read (atlas regions, classical detector) over 3 phantom scans, a single-view scan and 3 bad files."""
     work = tmp_path_factory.mktemp("read")
     checkpoint = work / "model.pt"
     save_seeded_resnet50(checkpoint)
@@ -251,6 +265,7 @@ def read_run(tmp_path_factory, phantom_dir):
     save_nifti(images / "single.nii.gz", single)
     save_nifti(images / "empty.nii.gz", np.zeros((256, 128), np.float32))
     Image.fromarray(np.ones((32, 16), np.uint16)).save(images / "tiny.png")
+    write_wrong_modality_dicom(images / "ct.dcm")
     out = work / "out"
     result = run_bundle(
         "run", "reading", "--config_file", "configs/read.yaml", "--dataset_dir", str(work / "scans"),
@@ -262,10 +277,11 @@ def read_run(tmp_path_factory, phantom_dir):
 @pytest.mark.integration
 def test_read_writes_every_output_and_reports_bad_scans(read_run):
     _, out, result = read_run
-    assert result.returncode == 1, result.stderr[-3000:]  # two bad files: reported, the others read
+    assert result.returncode == 1, result.stderr[-3000:]  # three bad files: reported, the others read
     failed = {Path(r["scan"]).name: r["error"] for r in read_csv(out / "failed.csv")}
-    assert set(failed) == {"empty.nii.gz", "tiny.png"}
+    assert set(failed) == {"empty.nii.gz", "tiny.png", "ct.dcm"}
     assert "holds no counts" in failed["empty.nii.gz"] and "is not a whole-body scan" in failed["tiny.png"]
+    assert "Modality CT" in failed["ct.dcm"] and "ct.dcm" in failed["ct.dcm"]
     reads = {r["scan"]: r for r in read_csv(out / "reads.csv")}
     assert set(reads) == {"P00001", "P00002", "P00003", "single"}
     for name, row in reads.items():
