@@ -376,7 +376,7 @@ def test_learned_hotspot_detector_trains_and_detects(phantom_dir, tmp_path):
     )  # fmt: skip
     checkpoint = out / "checkpoints" / "model.pt"
     assert checkpoint.is_file() and any((out / "tensorboard").iterdir())
-    detector = LearnedHotSpotDetector(checkpoint, REPO_ROOT, threshold=0.5)
+    detector = LearnedHotSpotDetector(checkpoint, REPO_ROOT, threshold=0.5, spatial_size=[64, 32])
     scan = nib.load(phantom_dir / "images" / "P00001.nii.gz").get_fdata().astype(np.float32)
     regions = nib.load(phantom_dir / "regions" / "P00001.nii.gz").get_fdata().astype(np.int16)
     probability = detector.lesion_probability(scan)
@@ -400,6 +400,52 @@ def test_learned_hotspot_detector_trains_and_detects(phantom_dir, tmp_path):
         if e["patient_id"] in {"P00001", "P00002", "P00003"}
     )  # fmt: skip
     assert "operating point" in result.stdout
+
+    # the read with both learned stages: a (tiny) region network and this hot-spot network
+    regions_out = tmp_path / "regions"
+    run_bundle(
+        "run", "training", "--config_file", "['configs/train.yaml','configs/regions.yaml']", "--dataset_dir",
+        str(phantom_dir), "--output_dir", str(regions_out), "--max_epochs", "1", "--spatial_size", "[64,32]",
+        "--batch_size", "4", "--num_workers", "0",
+    )  # fmt: skip
+    scans = tmp_path / "scans" / "images"
+    scans.mkdir(parents=True)
+    shutil.copy(phantom_dir / "images" / "P00001.nii.gz", scans)
+    classifier = tmp_path / "model.pt"
+    save_seeded_resnet50(classifier)
+    read_out = tmp_path / "read"
+    run_bundle(
+        "run", "reading", "--config_file", "configs/read.yaml", "--dataset_dir", str(tmp_path / "scans"),
+        "--output_dir", str(read_out), "--checkpoint", str(classifier), *READ_TINY,
+        "--regions_checkpoint", str(regions_out / "checkpoints" / "model.pt"), "--regions_spatial_size", "[64,32]",
+        "--hotspots_checkpoint", str(checkpoint), "--hotspots_spatial_size", "[64,32]", "--hotspots_threshold", "0.01",
+    )  # fmt: skip
+    result_json = json.loads((read_out / "P00001" / "read.json").read_text())
+    assert result_json["regions_source"].startswith("learned: ") and result_json["regions_source"].endswith("model.pt")
+    run_json = json.loads((read_out / "read.json").read_text())
+    assert run_json["detector"].startswith("LearnedHotSpotDetector(threshold=0.01")
+    labels = nib.load(read_out / "P00001" / "hotspots.nii.gz").get_fdata()
+    expected = detector.at_threshold(0.01)(scan, nib.load(read_out / "P00001" / "regions.nii.gz").get_fdata())
+    assert int(labels.max()) == len(expected.records) == result_json["hotspots_total"] >= 1
+    assert np.array_equal(labels, expected.labels)
+
+
+def test_truth_with_a_mask_of_the_wrong_size_names_the_file(tmp_path):
+    from bundle.read.evaluation import truth_scans
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    save_nifti(images / "S1.nii.gz", np.ones((256, 128), np.float32))
+    save_nifti(masks / "S1_L1.nii.gz", np.ones((128, 64), np.float32))
+    datalist = {
+        "training": [{"image": "images/S1.nii.gz", "mask": "masks/S1_L1.nii.gz", "label": 1, "patient_id": "S1",
+                      "lesion_id": "S1_L1", "fold": 0}],
+        "scans": [{"image": "images/S1.nii.gz", "patient_id": "S1", "fold": 0}],
+    }  # fmt: skip
+    (tmp_path / "datalist.json").write_text(json.dumps(datalist))
+    with pytest.raises(ValueError, match=r"S1_L1\.nii\.gz: mask of shape \(128, 64\)"):
+        truth_scans(tmp_path)
 
 
 def test_docs_print_the_region_table():

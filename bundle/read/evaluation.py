@@ -26,7 +26,7 @@ from sklearn.metrics import roc_auc_score
 from bundle.data.datalist import read_datalist
 from bundle.data.paths import resolve
 from bundle.data.readers import WholeBodyScanReader
-from bundle.data.regions import REGION_BY_NAME
+from bundle.data.regions import REGION_BY_NAME, check_region_map
 from bundle.read.detection_metrics import ScanMatch, froc_point, match_scan
 from bundle.read.hotspots import HotSpotDetector, pixel_size_mm
 from bundle.read.reading import scan_name
@@ -53,11 +53,18 @@ class TruthScan:
         self.half = self.counts.shape[1] // 2
         self.regions = None
         if entry.get("regions"):
-            regions, _ = reader.get_data(reader.read(resolve(entry["regions"], dataset_dir)))
-            self.regions = np.rint(regions).astype(np.int16)
-        self.masks = [
-            reader.get_data(reader.read(resolve(e["mask"], dataset_dir)))[0][:, : self.half] > 0 for e in lesions
-        ]
+            path = resolve(entry["regions"], dataset_dir)
+            regions, _ = reader.get_data(reader.read(path))
+            self.regions = check_region_map(np.rint(regions), self.counts.shape, path)
+        self.masks = []
+        for lesion in lesions:
+            path = resolve(lesion["mask"], dataset_dir)
+            mask, _ = reader.get_data(reader.read(path))
+            if mask.shape != self.counts.shape:
+                raise ValueError(
+                    f"{path}: mask of shape {mask.shape}, its scan {self.image_path} is {self.counts.shape}"
+                )
+            self.masks.append(mask[:, : self.half] > 0)
         self.pixel_mm = pixel_size_mm(self.counts.shape)
 
     def near_bladder(self) -> list[bool]:
