@@ -53,6 +53,27 @@ def get_args_parser() -> argparse.ArgumentParser:
         "this many false positives per scan (default: 5)",
     )  # fmt: skip
     sub.choices["evaluate"].add_argument("--read_dir", required=True, help="output folder of the read")
+    comp = sub.add_parser("compare", help="a follow-up scan against the baseline: new/persistent/resolved, PCWG")
+    comp.add_argument("--baseline", required=True, help="the earlier scan (a file, or a folder of two DICOM views)")
+    comp.add_argument("--followup", required=True, help="the later scan")
+    comp.add_argument("--out", required=True, help="output folder (replaced as a whole when it exists)")
+    comp.add_argument("--force", action="store_true", help="compare scans of different patients anyway")
+    comp.add_argument("--baseline_date", default=None, help="YYYYMMDD, for files without dates (DICOM has them)")
+    comp.add_argument("--followup_date", default=None, help="YYYYMMDD")
+    comp.add_argument("--baseline_patient", default=None, help="patient id, for files without one")
+    comp.add_argument("--followup_patient", default=None, help="patient id")
+    comp.add_argument("--match_distance_mm", type=float, default=20.0, help="largest centre distance of a match")
+    comp.add_argument("--bundle_root", default=".", help="the bundle's folder (its configs/read.yaml is used)")
+    for name, text in (
+        ("checkpoint", "the classifier (required)"),
+        ("spatial_size", 'its input size, e.g. "[128,64]"'),
+        ("regions_checkpoint", "region network (default: the atlas)"),
+        ("regions_spatial_size", "its input size"),
+        ("hotspots_checkpoint", "hot-spot network (default: the classical detector)"),
+        ("hotspots_spatial_size", "its input size"),
+        ("threshold", "P(malignant) threshold (default 0.5)"),
+    ):
+        comp.add_argument(f"--{name}", default=None, required=name == "checkpoint", help=f"read.yaml's {name}: {text}")
     sub.choices["evaluate"].add_argument("--threshold", type=float, default=0.5, help="patient-level threshold")
     return parser
 
@@ -82,11 +103,51 @@ def _detector(spec: str, bundle_root: str, spatial_size: list[int] | None = None
     return lambda t: network.at_threshold(t)
 
 
+def _compare(args: argparse.Namespace) -> int:
+    import ast
+    import os
+
+    from bundle.engine.configs import read_bundle_config
+    from bundle.read.compare import compare
+    from bundle.read.reading import load_classifier
+
+    settings = {}
+    for name in ("spatial_size", "regions_spatial_size", "hotspots_spatial_size", "threshold"):
+        value = getattr(args, name)
+        settings[name] = ast.literal_eval(value) if value is not None else None
+    for name in ("regions_checkpoint", "hotspots_checkpoint"):
+        settings[name] = getattr(args, name)
+    try:
+        parser = read_bundle_config(args.bundle_root, "configs/read.yaml", checkpoint=args.checkpoint, **settings)
+        parser.read_meta(os.path.join(args.bundle_root, "configs", "metadata.json"))
+        load_classifier(parser.get_parsed_content("network"), args.checkpoint)
+        reader = parser.get_parsed_content("reader")
+        dates = (args.baseline_date, args.followup_date) if args.baseline_date and args.followup_date else None
+        patients = (
+            (args.baseline_patient, args.followup_patient) if args.baseline_patient and args.followup_patient else None
+        )
+        result = compare(
+            reader, args.baseline, args.followup, args.out, args.force, dates, patients, args.match_distance_mm
+        )
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"BSI {result['bsi_baseline']:.2f} -> {result['bsi_followup']:.2f} ({result['bsi_change']:+.2f}); "
+        f"{result['persistent']} persistent, {result['new_hotspots']} new hot spot(s) of which "
+        f"{result['new_lesions']} called malignant, {result['resolved']} resolved; PCWG >= 2 new lesions: "
+        f"{'met' if result['pcwg_progression_criterion_met'] else 'not met'}; written to {args.out}"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.command == "regions":
         print(regions_table_markdown())
         return 0
+    if args.command == "compare":
+        return _compare(args)
     from bundle.read.evaluation import choose_threshold, evaluate_read, froc, truth_scans
     from bundle.read.figures import plot_froc
 

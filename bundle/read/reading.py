@@ -228,7 +228,7 @@ class WholeScanReader:
             result = self._summarise(source, name, hotspots, regions, probabilities, meta)
             result["seconds"] = round(time.perf_counter() - started, 3)
             rows = [{"scan": name, **r} for r in result["hotspots"]]
-            atomic_write_text(tmp / "hotspots.csv", _csv(rows, HOTSPOT_COLUMNS))
+            atomic_write_text(tmp / "hotspots.csv", csv_text(rows, HOTSPOT_COLUMNS))
             atomic_write_text(tmp / "read.json", json.dumps(result, indent=1))
             render_read_png(tmp / "read.png", array, regions, hotspots, probabilities, self.threshold, result)
             if final.exists():
@@ -348,9 +348,9 @@ class WholeScanReader:
             }
             for r in reads
         ]  # fmt: skip
-        atomic_write_text(self.output_dir / "reads.csv", _csv(rows, READ_COLUMNS))
-        atomic_write_text(self.output_dir / "hotspots.csv", _csv(hot_rows, HOTSPOT_COLUMNS))
-        atomic_write_text(self.output_dir / "failed.csv", _csv(failures, ("scan", "error")))
+        atomic_write_text(self.output_dir / "reads.csv", csv_text(rows, READ_COLUMNS))
+        atomic_write_text(self.output_dir / "hotspots.csv", csv_text(hot_rows, HOTSPOT_COLUMNS))
+        atomic_write_text(self.output_dir / "failed.csv", csv_text(failures, ("scan", "error")))
         atomic_write_text(self.output_dir / "failed.json", json.dumps(failures, indent=1))
         summary = {
             **self.metadata,
@@ -393,7 +393,8 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def _csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """CSV text of ``rows`` with the header ``columns`` (other keys ignored)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
