@@ -17,6 +17,12 @@ from bundle.data.regions import regions_table_markdown
 from bundle.io import atomic_write_text
 
 
+def default_bundle_root() -> str:
+    """The bundle this package belongs to (its configs/ beside the package), else the working directory."""
+    root = Path(__file__).resolve().parents[2]
+    return str(root) if (root / "configs" / "read.yaml").is_file() else "."
+
+
 def _folds(text: str | None) -> list[int] | None:
     return [int(f) for f in text.split(",")] if text else None
 
@@ -43,7 +49,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--detector", default="classical", help="classical, or a checkpoint of configs/hotspots.yaml (the thresholds "
         "are then lesion probabilities, e.g. 0.3,0.5,0.7)",
     )  # fmt: skip
-    froc_parser.add_argument("--bundle_root", default=".", help="bundle folder (for a regions/hotspots checkpoint)")
+    froc_parser.add_argument(
+        "--bundle_root", default=default_bundle_root(), help="bundle folder (for a regions/hotspots checkpoint)"
+    )
     froc_parser.add_argument(
         "--spatial_size", default=None, help='input size the regions/hotspots network was trained at, e.g. "256,128" '
         "(default: the configs')",
@@ -63,7 +71,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     comp.add_argument("--baseline_patient", default=None, help="patient id, for files without one")
     comp.add_argument("--followup_patient", default=None, help="patient id")
     comp.add_argument("--match_distance_mm", type=float, default=20.0, help="largest centre distance of a match")
-    comp.add_argument("--bundle_root", default=".", help="the bundle's folder (its configs/read.yaml is used)")
+    comp.add_argument(
+        "--bundle_root", default=default_bundle_root(), help="the bundle's folder (its configs/read.yaml is used; "
+        "default: the one this package belongs to)",
+    )  # fmt: skip
     for name, text in (
         ("checkpoint", "the classifier (required)"),
         ("spatial_size", 'its input size, e.g. "[128,64]"'),
