@@ -61,6 +61,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "this many false positives per scan (default: 5)",
     )  # fmt: skip
     sub.choices["evaluate"].add_argument("--read_dir", required=True, help="output folder of the read")
+    sub.choices["evaluate"].add_argument("--threshold", type=float, default=0.5, help="patient-level threshold")
     comp = sub.add_parser("compare", help="a follow-up scan against the baseline: new/persistent/resolved, PCWG")
     comp.add_argument("--baseline", required=True, help="the earlier scan (a file, or a folder of two DICOM views)")
     comp.add_argument("--followup", required=True, help="the later scan")
@@ -70,11 +71,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     comp.add_argument("--followup_date", default=None, help="YYYYMMDD")
     comp.add_argument("--baseline_patient", default=None, help="patient id, for files without one")
     comp.add_argument("--followup_patient", default=None, help="patient id")
-    comp.add_argument("--match_distance_mm", type=float, default=20.0, help="largest centre distance of a match")
-    comp.add_argument(
-        "--bundle_root", default=default_bundle_root(), help="the bundle's folder (its configs/read.yaml is used; "
-        "default: the one this package belongs to)",
-    )  # fmt: skip
+    ceval = sub.add_parser("compare-eval", help="compare every pair of a pairs file and measure against its truth")
+    ceval.add_argument("--pairs", required=True, help="pairs.json of `python -m bundle.phantom --pairs`")
+    ceval.add_argument("--out", required=True, help="output folder: one comparison per patient + the evaluation")
+    ceval.add_argument("--folds", default=None, help="only these folds' pairs, e.g. 0")
+    ceval.add_argument("--limit", type=int, default=None, help="at most this many pairs")
+    for comp in (sub.choices["compare"], ceval):
+        comp.add_argument("--match_distance_mm", type=float, default=20.0, help="largest centre distance of a match")
+        comp.add_argument(
+            "--bundle_root", default=default_bundle_root(), help="the bundle's folder (its configs/read.yaml is "
+            "used; default: the one this package belongs to)",
+        )  # fmt: skip
+        _read_options(comp)
+    return parser
+
+
+def _read_options(comp: argparse.ArgumentParser) -> None:
+    """The read.yaml settings a comparison takes on the command line."""
     for name, text in (
         ("checkpoint", "the classifier (required)"),
         ("spatial_size", 'its input size, e.g. "[128,64]"'),
@@ -85,8 +98,6 @@ def get_args_parser() -> argparse.ArgumentParser:
         ("threshold", "P(malignant) threshold (default 0.5)"),
     ):
         comp.add_argument(f"--{name}", default=None, required=name == "checkpoint", help=f"read.yaml's {name}: {text}")
-    sub.choices["evaluate"].add_argument("--threshold", type=float, default=0.5, help="patient-level threshold")
-    return parser
 
 
 def _size(text: str | None) -> list[int] | None:
@@ -114,12 +125,12 @@ def _detector(spec: str, bundle_root: str, spatial_size: list[int] | None = None
     return lambda t: network.at_threshold(t)
 
 
-def _compare(args: argparse.Namespace) -> int:
+def _build_reader(args: argparse.Namespace):
+    """The full read of configs/read.yaml under --bundle_root with the classifier's weights loaded."""
     import ast
     import os
 
     from bundle.engine.configs import read_bundle_config
-    from bundle.read.compare import compare
     from bundle.read.reading import load_classifier
 
     settings = {}
@@ -128,11 +139,17 @@ def _compare(args: argparse.Namespace) -> int:
         settings[name] = ast.literal_eval(value) if value is not None else None
     for name in ("regions_checkpoint", "hotspots_checkpoint"):
         settings[name] = getattr(args, name)
+    parser = read_bundle_config(args.bundle_root, "configs/read.yaml", checkpoint=args.checkpoint, **settings)
+    parser.read_meta(os.path.join(args.bundle_root, "configs", "metadata.json"))
+    load_classifier(parser.get_parsed_content("network"), args.checkpoint)
+    return parser.get_parsed_content("reader")
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from bundle.read.compare import compare
+
     try:
-        parser = read_bundle_config(args.bundle_root, "configs/read.yaml", checkpoint=args.checkpoint, **settings)
-        parser.read_meta(os.path.join(args.bundle_root, "configs", "metadata.json"))
-        load_classifier(parser.get_parsed_content("network"), args.checkpoint)
-        reader = parser.get_parsed_content("reader")
+        reader = _build_reader(args)
         dates = (args.baseline_date, args.followup_date) if args.baseline_date and args.followup_date else None
         patients = (
             (args.baseline_patient, args.followup_patient) if args.baseline_patient and args.followup_patient else None
@@ -152,6 +169,34 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare_eval(args: argparse.Namespace) -> int:
+    """Compare every pair of a pairs file (the phantom's pairs.json), then measure against its truth."""
+    from bundle.data.paths import resolve
+    from bundle.read.compare import compare
+    from bundle.read.evaluation import evaluate_comparisons
+
+    try:
+        pairs_file = Path(args.pairs)
+        content = json.loads(pairs_file.read_text(encoding="utf-8"))
+        folds = _folds(args.folds)
+        chosen = [p for p in content["pairs"] if folds is None or p.get("fold") in set(folds)][: args.limit]
+        reader = _build_reader(args)
+        out = Path(args.out)
+        for pair in chosen:
+            dates = (pair["baseline_date"], pair["followup_date"]) if pair.get("baseline_date") else None
+            compare(
+                reader, resolve(pair["baseline"], pairs_file.parent), resolve(pair["followup"], pairs_file.parent),
+                out / str(pair["patient_id"]), dates=dates, match_distance_mm=args.match_distance_mm,
+            )  # fmt: skip
+        result = evaluate_comparisons(pairs_file, out, folds)
+        atomic_write_text(out / "compare_evaluation.json", json.dumps(result, indent=1))
+    except (OSError, ValueError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=1))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.command == "regions":
@@ -159,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "compare":
         return _compare(args)
+    if args.command == "compare-eval":
+        return _compare_eval(args)
     from bundle.read.evaluation import choose_threshold, evaluate_read, froc, truth_scans
     from bundle.read.figures import plot_froc
 

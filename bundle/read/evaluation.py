@@ -212,3 +212,70 @@ def evaluate_read(scans: Sequence[TruthScan], read_dir: str | os.PathLike, thres
             "specificity": round(float((~called[truth == 0]).mean()), 4) if (truth == 0).any() else None,
         },
     }
+
+
+def evaluate_comparisons(
+    pairs_file: str | os.PathLike, compare_root: str | os.PathLike, folds: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """Finished comparisons (``compare_root/<patient_id>/compare.json``) against the truth of a pairs file (the
+    phantom's ``pairs.json``): new-lesion detection, false new lesions per pair, the "two or more new lesions"
+    call, BSI-change agreement.
+
+    A true new lesion is **detected** when a hot spot the comparison calls a new lesion (new, P(malignant) ≥ the
+    threshold) finds its follow-up mask by the read's matching rule; a new lesion that finds none is a **false new
+    lesion**.
+    """
+    path = Path(pairs_file)
+    root = path.parent
+    content = json.loads(path.read_text(encoding="utf-8"))
+    reader = WholeBodyScanReader()
+    detected = total_new = false_new = 0
+    calls, bsi_changes, used = [], [], 0
+    for pair in content["pairs"]:
+        if folds is not None and pair.get("fold") not in set(folds):
+            continue
+        folder = Path(compare_root) / str(pair["patient_id"])
+        if not (folder / "compare.json").is_file():
+            continue
+        result = json.loads((folder / "compare.json").read_text())
+        used += 1
+        read_name = Path(result["reads"]["followup"])
+        labels, _ = reader.get_data(reader.read(str(folder / read_name / "hotspots.nii.gz")))
+        labels = np.rint(labels).astype(np.int32)
+        half = labels.shape[1] // 2
+        new_ids = [r["followup_hotspot"] for r in result["hotspots"] if r["new_lesion"]]
+        new_only = np.where(np.isin(labels[:, :half], new_ids), labels[:, :half], 0)
+        masks = []
+        for lesion in pair["lesions"]:
+            if lesion["fate"] == "new" and lesion.get("followup_mask"):
+                mask, _ = reader.get_data(reader.read(resolve(lesion["followup_mask"], root)))
+                masks.append(mask[:, :half] > 0)
+        match = match_scan(new_only, masks)
+        total_new += len(masks)
+        detected += int(match.found.sum())
+        false_new += int(sum(1 for k in new_ids if not match.true_positive[k - 1]))
+        calls.append((bool(pair["progression"]), bool(result["pcwg_progression_criterion_met"])))
+        bsi_changes.append((pair["bsi_followup"] - pair["bsi_baseline"], result["bsi_change"]))
+    if not used:
+        raise ValueError(f"{compare_root}: no comparison results of the pairs in {path}")
+    truth, called = (np.array(v) for v in zip(*calls, strict=True))
+    true_change, read_change = (np.array(v, float) for v in zip(*bsi_changes, strict=True))
+    rho = stats.spearmanr(true_change, read_change).statistic if used > 2 else float("nan")
+    return {
+        "pairs": used,
+        "new_lesions_true": total_new,
+        "new_lesion_sensitivity": round(detected / total_new, 4) if total_new else None,
+        "false_new_lesions_per_pair": round(false_new / used, 3),
+        "pcwg_call": {
+            "progressing_pairs": int(truth.sum()),
+            "accuracy": round(float((truth == called).mean()), 4),
+            "sensitivity": round(float(called[truth].mean()), 4) if truth.any() else None,
+            "specificity": round(float((~called[~truth]).mean()), 4) if (~truth).any() else None,
+        },
+        "bsi_change": {
+            "spearman": round(float(rho), 4),
+            "mean_absolute_difference": round(float(np.abs(read_change - true_change).mean()), 4),
+            "mean_true": round(float(true_change.mean()), 4),
+            "mean_read": round(float(read_change.mean()), 4),
+        },
+    }
