@@ -716,3 +716,33 @@ def assign_labels(rng: np.random.Generator, lesions: Sequence[Lesion], difficult
         les.logit = malignancy_logit(les)
         les.p_malignant = float(1.0 / (1.0 + math.exp(-les.logit / difficulty)))
         les.label = int(rng.random() < les.p_malignant)
+
+
+def sample_new_metastases(
+    rng: np.random.Generator,
+    profile: PatientProfile,
+    template: SkeletonTemplate,
+    existing: Sequence[Lesion],
+    count: int,
+    max_attempts: int = 40,
+) -> list[Lesion]:
+    """Place up to ``count`` new metastases of the patient's tumour type clear of the ``existing`` lesions.
+
+    The new lesions have the usual metastasis features (site mix, size, shape, intensity, lytic share); the scene
+    features and labels are left to :func:`describe_scene` and :func:`assign_labels`. A lesion that does not fit
+    after ``max_attempts`` tries in all is dropped, so fewer than ``count`` may come back.
+    """
+    scene = _Scene(rng, template, profile)
+    scene.lesions = list(existing)
+    for lesion in existing:
+        if lesion.whole_bone:
+            pts = template.points[template.points_of(lesion.whole_bone)]
+            scene.blocked_points = np.vstack([scene.blocked_points, pts])
+    new: list[Lesion] = []
+    attempts = 0
+    while len(new) < count and attempts < max_attempts:
+        attempts += 1
+        group = scene.metastasis(cold=bool(rng.random() < LYTIC_RATE[profile.tumor_type]))
+        if scene.add(group):
+            new.extend(group)
+    return new

@@ -134,12 +134,80 @@ def generate_patient(
         layout (each lesion's footprint in both halves); one dict per lesion (label, p_malignant, features).
     """
     config = config or PhantomConfig()
+    state = sample_patient_state(rng, config)
+    return render_patient(rng, config, state, patient_id)
+
+
+@dataclass(frozen=True)
+class Uptake:
+    """A patient's tracer distribution apart from the lesions.
+
+    Attributes:
+        bone_scale: multiplies all bone uptake (> 1 in a superscan).
+        kidney, bladder: activity of the kidneys and the bladder per unit area at full thickness.
+        soft_level: soft-tissue activity per mm of effective thickness.
+        bone_factor: per-bone log-normal uptake factor, float32 shape (num_template_bones,).
+    """
+
+    bone_scale: float
+    kidney: float
+    bladder: float
+    soft_level: float
+    bone_factor: np.ndarray
+
+
+def sample_uptake(rng: np.random.Generator, profile: PatientProfile, num_bones: int) -> Uptake:
+    """Draw a patient's :class:`Uptake` (``num_bones`` per-bone factors)."""
+    bone_scale = float(rng.uniform(2.2, 3.0)) if profile.superscan else 1.0
+    kidney = KIDNEY_UPTAKE * float(np.exp(rng.normal(0, 0.3))) * (0.15 if profile.superscan else 1.0)
+    bladder = BLADDER_UPTAKE * float(np.exp(rng.normal(0, 0.35))) * (0.35 if profile.superscan else 1.0)
+    if rng.random() < 0.08:  # just voided: a small faint bladder
+        bladder *= 0.25
+    soft_level = SOFT_TISSUE_PER_MM * float(np.exp(rng.normal(0, 0.15)))
+    bone_factor = np.exp(rng.normal(0, BONE_VARIATION_SD, num_bones)).astype(np.float32)
+    return Uptake(bone_scale, kidney, bladder, soft_level, bone_factor)
+
+
+@dataclass
+class PatientState:
+    """What is drawn about a patient before rendering: profile, body geometry, labelled lesions, uptake."""
+
+    profile: PatientProfile
+    geometry: BodyGeometry
+    lesions: list[Lesion]
+    uptake: Uptake
+
+
+def sample_patient_state(rng: np.random.Generator, config: PhantomConfig) -> PatientState:
+    """The first stages of :func:`generate_patient`: profile, geometry, lesions and their labels, uptake."""
     template = reference_skeleton()
     profile = sample_patient_profile(rng)
     geometry = sample_body_geometry(rng, config.view_shape, config.pixel_mm)
     lesions = sample_lesions(rng, profile, template)
     assign_labels(rng, lesions, config.difficulty)
-    renderer = _Renderer(rng, config, geometry, profile)
+    uptake = sample_uptake(rng, profile, len(template.bone_names))
+    return PatientState(profile, geometry, lesions, uptake)
+
+
+def render_patient(
+    rng: np.random.Generator,
+    config: PhantomConfig,
+    state: PatientState,
+    patient_id: str,
+    lesion_prefix: str | None = None,
+) -> tuple[PhantomScan, np.ndarray, list[dict[str, Any]]]:
+    """The last stages of :func:`generate_patient`: render ``state`` (hot spots, counts, noise), masks, records.
+
+    Args:
+        rng: draws the injection site, the total counts and the Poisson noise.
+        lesion_prefix: lesion ids are ``f"{lesion_prefix}{k:02d}"``; default ``f"{patient_id}_L"``.
+
+    Returns:
+        ``(scan, masks, records)`` as :func:`generate_patient`; masks uint8 (num_lesions, H, W).
+    """
+    profile, geometry, lesions = state.profile, state.geometry, state.lesions
+    prefix = f"{patient_id}_L" if lesion_prefix is None else lesion_prefix
+    renderer = _Renderer(rng, config, geometry, profile, state.uptake)
     footprints = [renderer.add_lesion(les) for les in lesions]
     expected, injection = renderer.finish()
     counts = _poisson(rng, expected)
@@ -156,7 +224,7 @@ def generate_patient(
         claimed |= fp
         masks[k, :, :wv] = fp
         masks[k, :, wv:] = fp
-        records.append(_lesion_record(les, fp, f"{patient_id}_L{k + 1:02d}", renderer.size_scale))
+        records.append(_lesion_record(les, fp, f"{prefix}{k + 1:02d}", renderer.size_scale))
     anatomy, region_map = render_region_map(
         renderer.points,
         renderer.template.bone,
@@ -246,7 +314,12 @@ class _Renderer:
     """Accumulates the pre-blur activity of both views (anterior layout) for one patient."""
 
     def __init__(
-        self, rng: np.random.Generator, config: PhantomConfig, geometry: BodyGeometry, profile: PatientProfile
+        self,
+        rng: np.random.Generator,
+        config: PhantomConfig,
+        geometry: BodyGeometry,
+        profile: PatientProfile,
+        uptake: Uptake,
     ) -> None:
         self.rng, self.config, self.geometry = rng, config, geometry
         self.template = t = reference_skeleton()
@@ -255,15 +328,11 @@ class _Renderer:
         sx, sy = geometry.scale
         self.size_scale = math.sqrt(sx * sy)
 
-        self.bone_scale = float(rng.uniform(2.2, 3.0)) if profile.superscan else 1.0
-        kidney = KIDNEY_UPTAKE * float(np.exp(rng.normal(0, 0.3))) * (0.15 if profile.superscan else 1.0)
-        bladder = BLADDER_UPTAKE * float(np.exp(rng.normal(0, 0.35))) * (0.35 if profile.superscan else 1.0)
-        if rng.random() < 0.08:  # just voided: a small faint bladder
-            bladder *= 0.25
-        self.soft_level = SOFT_TISSUE_PER_MM * float(np.exp(rng.normal(0, 0.15)))
-        self.bone_factor = np.exp(rng.normal(0, BONE_VARIATION_SD, len(t.bone_names))).astype(np.float32)
+        self.bone_scale = uptake.bone_scale
+        self.soft_level = uptake.soft_level
+        self.bone_factor = uptake.bone_factor
         kind_scale = np.zeros(3, np.float32)
-        kind_scale[[KIND_BONE, KIND_KIDNEY, KIND_BLADDER]] = (self.bone_scale, kidney, bladder)
+        kind_scale[[KIND_BONE, KIND_KIDNEY, KIND_BLADDER]] = (self.bone_scale, uptake.kidney, uptake.bladder)
         self.part_thickness = part_thickness(geometry)
         self.att = attenuation(t.depth, self.part_thickness[t.part])
         self.point_area = SAMPLE_SPACING_MM**2 * sx * sy  # mm^2 of body that one template point stands for
