@@ -361,7 +361,7 @@ def test_cli_help_gives_every_default():
     shown = {b.split()[0].rstrip(","): b for b in blocks}
     assert list(shown) == [
         "-h", "--out", "--patients", "--seed", "--format", "--difficulty", "--num_folds", "--height", "--width",
-        "--workers", "--overwrite",
+        "--workers", "--overwrite", "--pairs",
     ]  # fmt: skip
     defaults = vars(parser.parse_args(["--out", "x"]))
     assert defaults == {
@@ -375,6 +375,7 @@ def test_cli_help_gives_every_default():
         "width": 512,
         "workers": 1,
         "overwrite": False,
+        "pairs": False,
     }
     for flag in shown:
         if flag in ("-h", "--out"):

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from tqdm import tqdm
 
 from bundle.phantom.dataset import OutputDirectoryError, format_summary, generate_dataset
+from bundle.phantom.followup import format_pairs_summary, generate_pairs
 from bundle.phantom.scan import PhantomConfig
 from bundle.phantom.writers import WRITERS
 
@@ -43,6 +44,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing phantom data set in --out (default: off)"
     )
+    parser.add_argument(
+        "--pairs",
+        action="store_true",
+        help="write follow-up pairs instead (a baseline and a follow-up scan per patient, every lesion's fate, "
+        "pairs.json; docs/phantom.md, Follow-up pairs) (default: off)",
+    )
     return parser
 
 
@@ -50,6 +57,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         config = PhantomConfig(height=args.height, width=args.width, difficulty=args.difficulty)
+        progress = lambda it: tqdm(it, total=args.patients, desc="patients", unit="pt")  # noqa: E731
+        if args.pairs:
+            content = generate_pairs(
+                args.out,
+                args.patients,
+                args.seed,
+                config=config,
+                fmt=args.format,
+                num_folds=args.num_folds,
+                overwrite=args.overwrite,
+                workers=args.workers,
+                progress=progress,
+            )
+            print(f"wrote {args.out}")
+            print(format_pairs_summary(content["statistics"]))
+            return 0
         datalist = generate_dataset(
             args.out,
             args.patients,
@@ -59,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             num_folds=args.num_folds,
             overwrite=args.overwrite,
             workers=args.workers,
-            progress=lambda it: tqdm(it, total=args.patients, desc="patients", unit="pt"),
+            progress=progress,
         )
     except (OutputDirectoryError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
