@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
+import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +59,26 @@ def atomic_write_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]],
     for row in rows:
         writer.writerow([f"{row[c]:.6f}" if isinstance(row[c], float) else row[c] for c in columns])
     atomic_write_text(path, buffer.getvalue())
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """A folder written all-or-nothing: yields a temporary folder beside ``path`` (with the usual permissions) that
+    replaces ``path`` (and whatever it held) when the block ends, or is removed if the block raises."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp creates 0700
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def atomic_save_figure(path: str | os.PathLike, figure: Any) -> None:
+    """Save a matplotlib figure as PNG atomically (tight bounding box)."""
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", bbox_inches="tight"), suffix=".png")

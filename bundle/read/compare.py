@@ -23,12 +23,9 @@ matched hot spots numbered alike: yellow persistent, red new, grey resolved), an
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +35,9 @@ import numpy as np
 import pydicom
 
 from bundle.data.regions import BONE_REGIONS, check_region_map
-from bundle.io import atomic_write_text, current_umask
+from bundle.io import atomic_directory, atomic_save_figure, atomic_write_csv, atomic_write_text
 from bundle.read.atlas import normalise_view, register_view, resample_to, warp
-from bundle.read.reading import WholeScanReader, csv_text
+from bundle.read.reading import WholeScanReader
 
 logger = logging.getLogger(__name__)
 
@@ -218,11 +215,7 @@ def compare(
         info_b["date"], info_f["date"] = dates
     check_pair(source_b, source_f, info_b, info_f, force)
 
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    os.chmod(tmp, 0o777 & ~current_umask())
-    try:
+    with atomic_directory(out_dir) as tmp:
         reads = {}
         for key, scan in (("baseline", baseline), ("followup", followup)):
             (tmp / key).mkdir()
@@ -249,14 +242,8 @@ def compare(
         pairs = match_hotspots(b_view, warped, pixel_mm, match_distance_mm)
         result = _report(reads, pairs, reader.threshold, alignment, source_b, source_f, info_b, info_f)
         atomic_write_text(tmp / "compare.json", json.dumps(result, indent=1))
-        atomic_write_text(tmp / "compare.csv", csv_text(result["hotspots"], COMPARE_COLUMNS))
+        atomic_write_csv(tmp / "compare.csv", result["hotspots"], COMPARE_COLUMNS)
         render_compare_png(tmp / "compare.png", arrays, labels, result, view)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return result
 
 
@@ -409,9 +396,5 @@ def render_compare_png(
         f"{result['persistent']} persistent, {result['resolved']} resolved",
         fontsize=8,
     )
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight")
+    atomic_save_figure(path, fig)
     plt.close(fig)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, path)

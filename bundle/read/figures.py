@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
+
+from bundle.io import atomic_save_figure
 
 
 def plot_froc(points: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = "") -> None:
@@ -29,10 +29,5 @@ def plot_froc(points: Sequence[dict[str, Any]], path: str | os.PathLike, title: 
     ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=8)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight")
+    atomic_save_figure(path, fig)
     plt.close(fig)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, path)

@@ -28,13 +28,9 @@ Data-parallel over processes (``torchrun``, configs/read_multi_gpu.yaml): proces
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -54,7 +50,7 @@ from bundle.data.regions import (
     bone_scan_index,
     check_region_map,
 )
-from bundle.io import atomic_write_text, current_umask
+from bundle.io import atomic_directory, atomic_save_figure, atomic_write_csv, atomic_write_text
 from bundle.read.hotspots import HotSpotDetector, HotSpots, pixel_size_mm
 
 logger = logging.getLogger(__name__)
@@ -217,10 +213,7 @@ class WholeScanReader:
         pixel_mm = self.pixel_mm or pixel_size_mm(array.shape, spacing)
         regions = check_region_map(self.segmenter(array), array.shape, f"{source} (region map)")
         hotspots = self.detector(array, regions, pixel_mm)
-        final = self.output_dir / name
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=self.output_dir))
-        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; the result is the user's usual folder
-        try:
+        with atomic_directory(self.output_dir / name) as tmp:
             _write_label_nifti(tmp / "hotspots.nii.gz", hotspots.labels)
             _write_label_nifti(tmp / "regions.nii.gz", regions)
             ids = [r["hotspot_id"] for r in hotspots.records]
@@ -228,15 +221,9 @@ class WholeScanReader:
             result = self._summarise(source, name, hotspots, regions, probabilities, meta)
             result["seconds"] = round(time.perf_counter() - started, 3)
             rows = [{"scan": name, **r} for r in result["hotspots"]]
-            atomic_write_text(tmp / "hotspots.csv", csv_text(rows, HOTSPOT_COLUMNS))
+            atomic_write_csv(tmp / "hotspots.csv", rows, HOTSPOT_COLUMNS)
             atomic_write_text(tmp / "read.json", json.dumps(result, indent=1))
             render_read_png(tmp / "read.png", array, regions, hotspots, probabilities, self.threshold, result)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return result
 
     def _summarise(
@@ -348,9 +335,9 @@ class WholeScanReader:
             }
             for r in reads
         ]  # fmt: skip
-        atomic_write_text(self.output_dir / "reads.csv", csv_text(rows, READ_COLUMNS))
-        atomic_write_text(self.output_dir / "hotspots.csv", csv_text(hot_rows, HOTSPOT_COLUMNS))
-        atomic_write_text(self.output_dir / "failed.csv", csv_text(failures, ("scan", "error")))
+        atomic_write_csv(self.output_dir / "reads.csv", rows, READ_COLUMNS)
+        atomic_write_csv(self.output_dir / "hotspots.csv", hot_rows, HOTSPOT_COLUMNS)
+        atomic_write_csv(self.output_dir / "failed.csv", failures, ("scan", "error"))
         atomic_write_text(self.output_dir / "failed.json", json.dumps(failures, indent=1))
         summary = {
             **self.metadata,
@@ -393,15 +380,6 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
-    """CSV text of ``rows`` with the header ``columns`` (other keys ignored)."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def _write_label_nifti(path: Path, labels: np.ndarray) -> None:
     """A label image (H, W) as NIfTI (int16, identity affine), read back by the bundle's reader as (H, W)."""
     nib.save(nib.Nifti1Image(np.asarray(labels, np.int16), np.eye(4)), str(path))
@@ -440,9 +418,5 @@ def render_read_png(
         fontsize=8,
     )
     ax.set_axis_off()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight")
+    atomic_save_figure(path, fig)
     plt.close(fig)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, path)
