@@ -153,3 +153,34 @@ def test_compare_writes_outputs_consistent_with_the_single_reads(phantom_dir, tm
     assert result["bsi_baseline"] == baseline_read["bsi"] and result["hotspots_baseline"] == len(
         baseline_read["hotspots"]
     )
+
+
+@pytest.mark.integration
+def test_compare_eval_on_phantom_pairs(tmp_path):
+    """`python -m bundle.read compare-eval` compares every pair of a pairs file and counts against its truth."""
+    from bundle.phantom.followup import generate_pairs
+    from bundle.phantom.scan import PhantomConfig
+
+    pairs_dir = tmp_path / "pairs"
+    generate_pairs(pairs_dir, patients=3, seed=11, config=PhantomConfig(height=256, width=128), num_folds=3)
+    checkpoint = tmp_path / "model.pt"
+    save_seeded_resnet50(checkpoint)
+    out = tmp_path / "eval"
+    run_python("-m", "bundle.read", "compare-eval", "--pairs", str(pairs_dir / "pairs.json"), "--out", str(out),
+               "--checkpoint", str(checkpoint), "--spatial_size", "[64,32]")  # fmt: skip
+    result = json.loads((out / "compare_evaluation.json").read_text())
+    truth = json.loads((pairs_dir / "pairs.json").read_text())["pairs"]
+    assert result["pairs"] == 3
+    assert result["new_lesions_true"] == sum(p["new_lesions"] for p in truth)
+    assert result["pcwg_call"]["progressing_pairs"] == sum(p["progression"] for p in truth)
+    reads = {p["patient_id"]: json.loads((out / p["patient_id"] / "compare.json").read_text()) for p in truth}
+    called = [reads[p["patient_id"]]["pcwg_progression_criterion_met"] for p in truth]
+    assert result["pcwg_call"]["accuracy"] == pytest.approx(
+        np.mean([c == p["progression"] for c, p in zip(called, truth, strict=True)]), abs=1e-4
+    )
+    true_change = [p["bsi_followup"] - p["bsi_baseline"] for p in truth]
+    read_change = [reads[p["patient_id"]]["bsi_change"] for p in truth]
+    assert result["bsi_change"]["mean_absolute_difference"] == pytest.approx(
+        np.mean(np.abs(np.subtract(read_change, true_change))), abs=1e-3
+    )
+    assert all(r["patient_id"] == pid for pid, r in reads.items())

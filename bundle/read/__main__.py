@@ -184,9 +184,11 @@ def _compare_eval(args: argparse.Namespace) -> int:
         out = Path(args.out)
         for pair in chosen:
             dates = (pair["baseline_date"], pair["followup_date"]) if pair.get("baseline_date") else None
+            patient = (str(pair["patient_id"]),) * 2
             compare(
                 reader, resolve(pair["baseline"], pairs_file.parent), resolve(pair["followup"], pairs_file.parent),
-                out / str(pair["patient_id"]), dates=dates, match_distance_mm=args.match_distance_mm,
+                out / str(pair["patient_id"]), dates=dates, patient_ids=patient,
+                match_distance_mm=args.match_distance_mm,
             )  # fmt: skip
         result = evaluate_comparisons(pairs_file, out, folds)
         atomic_write_text(out / "compare_evaluation.json", json.dumps(result, indent=1))
