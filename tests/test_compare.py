@@ -49,6 +49,16 @@ def test_alignment_recovers_a_known_rotation_scale_and_shift(phantom_dir):
     assert len(errors) > 20 and np.median(errors) < 1.0 and max(errors) < 2.5, (np.median(errors), max(errors))
 
 
+def test_alignment_of_scans_of_different_sizes(phantom_dir):
+    """A follow-up at twice the matrix size (the same field of view) is aligned in the common physical space."""
+    scan = nib.load(phantom_dir / "images" / "P00003.nii.gz").get_fdata().astype(np.float32)
+    regions = nib.load(phantom_dir / "regions" / "P00003.nii.gz").get_fdata().astype(np.int16)
+    larger = ndimage.zoom(scan, 2, order=1)
+    larger_regions = ndimage.zoom(regions, 2, order=0)
+    alignment = align(scan, larger, regions, larger_regions)
+    assert alignment.dice_after > 0.9
+
+
 def _m() -> np.ndarray:
     c, s = math.cos(ANGLE), math.sin(ANGLE)
     return np.array([[c, -s], [s, c]]) / SCALE

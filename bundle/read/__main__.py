@@ -78,6 +78,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     ceval.add_argument("--limit", type=int, default=None, help="at most this many pairs")
     for comp in (sub.choices["compare"], ceval):
         comp.add_argument("--match_distance_mm", type=float, default=20.0, help="largest centre distance of a match")
+        comp.add_argument("--deformable", action="store_true", help="a B-spline stage after the affine alignment")
         comp.add_argument(
             "--bundle_root", default=default_bundle_root(), help="the bundle's folder (its configs/read.yaml is "
             "used; default: the one this package belongs to)",
@@ -155,7 +156,15 @@ def _compare(args: argparse.Namespace) -> int:
             (args.baseline_patient, args.followup_patient) if args.baseline_patient and args.followup_patient else None
         )
         result = compare(
-            reader, args.baseline, args.followup, args.out, args.force, dates, patients, args.match_distance_mm
+            reader,
+            args.baseline,
+            args.followup,
+            args.out,
+            args.force,
+            dates,
+            patients,
+            args.match_distance_mm,
+            args.deformable,
         )
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -188,7 +197,7 @@ def _compare_eval(args: argparse.Namespace) -> int:
             compare(
                 reader, resolve(pair["baseline"], pairs_file.parent), resolve(pair["followup"], pairs_file.parent),
                 out / str(pair["patient_id"]), dates=dates, patient_ids=patient,
-                match_distance_mm=args.match_distance_mm,
+                match_distance_mm=args.match_distance_mm, deformable=args.deformable,
             )  # fmt: skip
         result = evaluate_comparisons(pairs_file, out, folds)
         atomic_write_text(out / "compare_evaluation.json", json.dumps(result, indent=1))

@@ -62,6 +62,7 @@ class Alignment:
     transforms: dict[int, Any]
     dice_before: float
     dice_after: float
+    deformable: bool = False
 
     def warp_labels(self, labels: np.ndarray, view: int, shape: tuple[int, int]) -> np.ndarray:
         """A follow-up label image of one view (h', w') resampled onto the baseline view's grid ``shape``, int32."""
@@ -83,9 +84,14 @@ def bone_dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def align(
-    baseline: np.ndarray, followup: np.ndarray, baseline_regions: np.ndarray, followup_regions: np.ndarray
+    baseline: np.ndarray,
+    followup: np.ndarray,
+    baseline_regions: np.ndarray,
+    followup_regions: np.ndarray,
+    deformable: bool = False,
 ) -> Alignment:
-    """Register the follow-up scan to the baseline per view present in both (stored layouts, any sizes)."""
+    """Register the follow-up scan to the baseline per view present in both (stored layouts, any sizes); affine,
+    then a B-spline stage with ``deformable``."""
     transforms: dict[int, Any] = {}
     before, after = [], []
     b_half, f_half = baseline.shape[1] // 2, followup.shape[1] // 2
@@ -96,7 +102,7 @@ def align(
             continue
         fixed = resample_to(normalise_view(b_view), ALIGN_SHAPE)
         moving = resample_to(normalise_view(f_view), ALIGN_SHAPE)
-        transforms[view] = register_view(fixed, moving)
+        transforms[view] = register_view(fixed, moving, deformable)
         b_regions = baseline_regions[:, view * b_half : (view + 1) * b_half]
         f_regions = followup_regions[:, view * f_half : (view + 1) * f_half].astype(np.uint8)
         identity = warp(f_regions, _identity(), b_regions.shape, nearest=True)
@@ -104,7 +110,7 @@ def align(
         after.append(bone_dice(b_regions, warp(f_regions, transforms[view], b_regions.shape, nearest=True)))
     if not transforms:
         raise ComparisonError("the two scans share no view (one anterior-only, the other posterior-only)")
-    return Alignment(transforms, float(np.nanmean(before)), float(np.nanmean(after)))
+    return Alignment(transforms, float(np.nanmean(before)), float(np.nanmean(after)), deformable)
 
 
 def _identity() -> Any:
@@ -198,6 +204,7 @@ def compare(
     dates: tuple[str, str] | None = None,
     patient_ids: tuple[str, str] | None = None,
     match_distance_mm: float = 20.0,
+    deformable: bool = False,
 ) -> dict[str, Any]:
     """Read both scans, align, match and report (see the module docstring); returns ``compare.json``'s content.
 
@@ -205,6 +212,7 @@ def compare(
         reader: the full read (its ``output_dir`` is replaced by ``out_dir/baseline`` and ``out_dir/followup``).
         dates, patient_ids: (baseline, follow-up) when the files do not carry them (DICOM files do).
         force: compare scans of different patients.
+        deformable: add a B-spline stage to the affine alignment.
     """
     source_b = baseline if isinstance(baseline, str) else " + ".join(baseline)
     source_f = followup if isinstance(followup, str) else " + ".join(followup)
@@ -232,7 +240,7 @@ def compare(
             folder = tmp / key / reads[key]["name"]
             labels[key] = _load_labels(folder / "hotspots.nii.gz")
             regions[key] = check_region_map(_load_labels(folder / "regions.nii.gz"), arrays[key].shape, str(folder))
-        alignment = align(arrays["baseline"], arrays["followup"], regions["baseline"], regions["followup"])
+        alignment = align(arrays["baseline"], arrays["followup"], regions["baseline"], regions["followup"], deformable)
         view = min(alignment.transforms)
         b_half, f_half = arrays["baseline"].shape[1] // 2, arrays["followup"].shape[1] // 2
         b_view = labels["baseline"][:, view * b_half : (view + 1) * b_half]
@@ -307,7 +315,8 @@ def _report(
         "followup_date": info_f.get("date") or None,
         "patient_id": info_b.get("patient_id") or info_f.get("patient_id") or None,
         "alignment": {
-            "method": "ITK affine per view (normalised counts, mean squares), physical space common to any matrix",
+            "method": "ITK affine" + (" + B-spline" if alignment.deformable else "") + " per view (normalised counts, "
+            "mean squares), physical space common to any matrix",
             "views": sorted(alignment.transforms),
             "bone_region_dice_before": round(alignment.dice_before, 4),
             "bone_region_dice_after": round(alignment.dice_after, 4),
