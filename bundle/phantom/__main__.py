@@ -58,22 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = PhantomConfig(height=args.height, width=args.width, difficulty=args.difficulty)
         progress = lambda it: tqdm(it, total=args.patients, desc="patients", unit="pt")  # noqa: E731
-        if args.pairs:
-            content = generate_pairs(
-                args.out,
-                args.patients,
-                args.seed,
-                config=config,
-                fmt=args.format,
-                num_folds=args.num_folds,
-                overwrite=args.overwrite,
-                workers=args.workers,
-                progress=progress,
-            )
-            print(f"wrote {args.out}")
-            print(format_pairs_summary(content["statistics"]))
-            return 0
-        datalist = generate_dataset(
+        generate = generate_pairs if args.pairs else generate_dataset
+        content = generate(
             args.out,
             args.patients,
             args.seed,
@@ -88,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {args.out}")
-    print(format_summary(datalist["statistics"]))
+    print((format_pairs_summary if args.pairs else format_summary)(content["statistics"]))
     return 0
 
 

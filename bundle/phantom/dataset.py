@@ -121,20 +121,27 @@ def _run_jobs(jobs: list[_Job], workers: int) -> Iterator[tuple[list[dict[str, A
         yield from pool.imap(_make_patient, jobs, chunksize=4)
 
 
-def _is_phantom_dataset(path: Path) -> bool:
+def _is_data_set(path: Path, marker: str, name: str) -> bool:
+    """``path/marker`` is a JSON file whose ``name`` is ``name`` (a data set this generator wrote)."""
     try:
-        return json.loads((path / "datalist.json").read_text(encoding="utf-8")).get("name") == DATASET_NAME
+        return json.loads((path / marker).read_text(encoding="utf-8")).get("name") == name
     except (OSError, ValueError, AttributeError):
         return False
 
 
-def check_output_dir(out_dir: str | os.PathLike, overwrite: bool) -> Path:
+def check_output_dir(
+    out_dir: str | os.PathLike, overwrite: bool, marker: str = "datalist.json", name: str = DATASET_NAME
+) -> Path:
     """Validate the target directory before any work is done.
+
+    Args:
+        marker, name: the JSON file and its ``name`` that make a folder one of this generator's data sets
+            (``datalist.json`` / ``bone-scan-phantom``; the follow-up pairs: ``pairs.json`` /
+            ``bone-scan-phantom-pairs``).
 
     Raises:
         OutputDirectoryError: ``out_dir`` is a file; or not empty and ``overwrite`` is false; or ``overwrite`` is
-            true but the non-empty directory is not a phantom data set (it holds no ``datalist.json`` named
-            ``bone-scan-phantom``), so it is never deleted by mistake.
+            true but the non-empty directory is not such a data set, so it is never deleted by mistake.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -142,17 +149,29 @@ def check_output_dir(out_dir: str | os.PathLike, overwrite: bool) -> Path:
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise OutputDirectoryError(f"output directory {out} is not empty; pass --overwrite to replace it")
-        if not _is_phantom_dataset(out):
+        if not _is_data_set(out, marker, name):
             raise OutputDirectoryError(
-                f"refusing to overwrite {out}: it is not a phantom data set (no datalist.json named "
-                f"{DATASET_NAME!r}); remove it yourself or choose another --out"
+                f"refusing to overwrite {out}: it is not a phantom data set (no {marker} named {name!r}); remove it "
+                "yourself or choose another --out"
             )
     return out
 
 
-def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
+def check_generation_args(fmt: str, num_folds: int, patients: int) -> None:
+    """Raise ValueError for an unknown format, fewer than 2 folds or fewer patients than folds."""
+    if fmt not in WRITERS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {sorted(WRITERS)}")
+    if num_folds < 2:
+        raise ValueError(f"num_folds must be at least 2, got {num_folds}")
+    if patients < num_folds:
+        raise ValueError(f"{patients} patient(s) cannot fill {num_folds} folds; use at least {num_folds} patients")
+
+
+def move_into_place(
+    tmp: Path, out: Path, overwrite: bool, marker: str = "datalist.json", name: str = DATASET_NAME
+) -> None:
     """Rename the finished temporary folder to ``out`` (replacing an old data set only if ``overwrite``)."""
-    check_output_dir(out, overwrite)
+    check_output_dir(out, overwrite, marker, name)
     if out.is_dir() and any(out.iterdir()):
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
         os.replace(out, old / out.name)
@@ -200,12 +219,7 @@ def generate_dataset(
         ValueError: bad ``patients``, ``num_folds`` or ``fmt``.
     """
     config = config or PhantomConfig()
-    if fmt not in WRITERS:
-        raise ValueError(f"unknown format {fmt!r}; choose one of {sorted(WRITERS)}")
-    if num_folds < 2:
-        raise ValueError(f"num_folds must be at least 2, got {num_folds}")
-    if patients < num_folds:
-        raise ValueError(f"{patients} patient(s) cannot fill {num_folds} folds; use at least {num_folds} patients")
+    check_generation_args(fmt, num_folds, patients)
     out = check_output_dir(out_dir, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -253,7 +267,7 @@ def generate_dataset(
         }
         write_datalist(tmp / "datalist.json", datalist)
         os.chmod(tmp, 0o777 & ~current_umask())
-        _move_into_place(tmp, out, overwrite)
+        move_into_place(tmp, out, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -26,7 +26,13 @@ import numpy as np
 
 from bundle.io import atomic_write_text, current_umask
 from bundle.phantom.anatomy import BodyGeometry, reference_skeleton, render_soft_tissue
-from bundle.phantom.dataset import GENERATOR_VERSION, OutputDirectoryError, patient_id
+from bundle.phantom.dataset import (
+    GENERATOR_VERSION,
+    check_generation_args,
+    check_output_dir,
+    move_into_place,
+    patient_id,
+)
 from bundle.phantom.lesions import (
     MIN_GAP_MM,
     Lesion,
@@ -446,45 +452,14 @@ def _run_jobs(jobs: list[_Job], workers: int) -> Iterator[dict[str, Any]]:
         yield from pool.imap(_make_pair, jobs, chunksize=2)
 
 
-def _is_pairs_dataset(path: Path) -> bool:
-    try:
-        return json.loads((path / "pairs.json").read_text(encoding="utf-8")).get("name") == PAIRS_NAME
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def check_pairs_dir(out_dir: str | os.PathLike, overwrite: bool) -> Path:
-    """Validate the target folder of :func:`generate_pairs` before any work is done.
+    """Validate the target folder of :func:`generate_pairs` before any work is done (a non-empty folder is replaced
+    only with ``overwrite`` and only when it is a pairs data set: ``pairs.json`` named :data:`PAIRS_NAME`).
 
     Raises:
-        OutputDirectoryError: ``out_dir`` is a file; or not empty without ``overwrite``; or not empty and not a pairs
-            data set (no ``pairs.json`` named :data:`PAIRS_NAME`), so it is never deleted by mistake.
+        OutputDirectoryError: see :func:`bundle.phantom.dataset.check_output_dir`.
     """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise OutputDirectoryError(f"output path {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise OutputDirectoryError(f"output directory {out} is not empty; pass --overwrite to replace it")
-        if not _is_pairs_dataset(out):
-            raise OutputDirectoryError(
-                f"refusing to overwrite {out}: it is not a phantom pairs data set (no pairs.json named "
-                f"{PAIRS_NAME!r}); remove it yourself or choose another --out"
-            )
-    return out
-
-
-def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
-    check_pairs_dir(out, overwrite)
-    if out.is_dir() and any(out.iterdir()):
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / out.name)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        if out.is_dir():
-            out.rmdir()
-        os.replace(tmp, out)
+    return check_output_dir(out_dir, overwrite, "pairs.json", PAIRS_NAME)
 
 
 def pair_folds(num_pairs: int, num_folds: int, seed: int) -> list[int]:
@@ -521,12 +496,7 @@ def generate_pairs(
         ValueError: bad ``patients``, ``num_folds`` or ``fmt``.
     """
     config = config or PhantomConfig()
-    if fmt not in WRITERS:
-        raise ValueError(f"unknown format {fmt!r}; choose one of {sorted(WRITERS)}")
-    if num_folds < 2:
-        raise ValueError(f"num_folds must be at least 2, got {num_folds}")
-    if patients < num_folds:
-        raise ValueError(f"{patients} patient(s) cannot fill {num_folds} folds; use at least {num_folds} patients")
+    check_generation_args(fmt, num_folds, patients)
     out = check_pairs_dir(out_dir, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -565,7 +535,7 @@ def generate_pairs(
         }
         atomic_write_text(tmp / "pairs.json", json.dumps(content, indent=1) + "\n")
         os.chmod(tmp, 0o777 & ~current_umask())
-        _move_into_place(tmp, out, overwrite)
+        move_into_place(tmp, out, overwrite, "pairs.json", PAIRS_NAME)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
