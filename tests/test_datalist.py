@@ -175,3 +175,22 @@ def test_lesions_per_image_counts_a_scan_given_as_two_files_as_one_image():
 def test_repeated_lesion_ids():
     assert repeated_lesion_ids(["L1", "L2", "L1", 3, "3", "L1"]) == {"L1": 3, "3": 2}
     assert repeated_lesion_ids(["L1", "L2"]) == {}
+
+
+def test_lesions_in_image_given_zero_is_refused_and_read_alike():
+    """A given lesions_in_image is used as given by every reader of the datalist (0 included), and validation
+    refuses a 0; an absent one is counted on the image."""
+    from bundle.data.datalist import entry_problems, lesions_in_image_of, lesions_per_image, normalise_entries
+
+    entries = [
+        {"image": "a.nii.gz", "mask": "m1.nii.gz", "label": 1, "patient_id": "p", "lesion_id": "l1", "fold": 0,
+         "lesions_in_image": 0},
+        {"image": "a.nii.gz", "mask": "m2.nii.gz", "label": 0, "patient_id": "p", "lesion_id": "l2", "fold": 0},
+    ]  # fmt: skip
+    per_image = lesions_per_image(entries)
+    assert [lesions_in_image_of(e, per_image) for e in entries] == [0, 2]
+    assert [e["lesions_in_image"] for e in normalise_entries(entries, "/data")] == [0, 2]
+    problems = entry_problems(entries)
+    assert any("lesions_in_image 0 is not a positive integer" in str(p) for p in problems)
+    entries[0]["lesions_in_image"] = 3
+    assert not [p for p in entry_problems(entries) if "lesions_in_image" in str(p)]

@@ -70,7 +70,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     build.add_argument("--num_folds", type=int, default=5, help="cross-validation folds (default: 5)")
     build.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default: 0)")
     build.add_argument("--overwrite", action="store_true", help="replace an existing datalist file")
-    build.add_argument("--view_order", nargs="+", choices=["ANT", "POST"], help="views of DICOM frames without codes")
     check = commands.add_parser(
         "validate",
         allow_abbrev=False,
@@ -83,7 +82,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     check.add_argument("--allow_single_view", action="store_true", help="accept single-view scans (evaluation only)")
     check.add_argument("--pretrained_weights", help="also check this torchvision-format weights file")
     check.add_argument("--network_name", default="resnet50", help="network of --pretrained_weights (default: resnet50)")
-    check.add_argument("--view_order", nargs="+", choices=["ANT", "POST"], help="views of DICOM frames without codes")
     export_parser = commands.add_parser(
         "export",
         allow_abbrev=False,
@@ -93,9 +91,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     export_parser.add_argument("scan", nargs="+", help="scan file, folder, or the two single-view DICOM files")
     export_parser.add_argument("output", help="output .nii.gz")
-    export_parser.add_argument(
-        "--view_order", nargs="+", choices=["ANT", "POST"], help="views of DICOM frames without codes"
-    )
+    for sub in (build, check, export_parser):  # every command reads DICOM with the same reader option
+        sub.add_argument("--view_order", nargs="+", choices=["ANT", "POST"], help="views of DICOM frames without codes")
     return parser
 
 

@@ -66,6 +66,15 @@ def lesions_per_image(entries: Sequence[Mapping[str, Any]]) -> Counter:
     return Counter(image_key(e["image"]) for e in entries if e.get("image") is not None)
 
 
+def lesions_in_image_of(entry: Mapping[str, Any], per_image: Mapping[str, int]) -> int | None:
+    """An entry's ``lesions_in_image``: as given (0 included, so that validation can refuse it), else counted on its
+    image in ``per_image`` (:func:`lesions_per_image`); None without an image."""
+    given = entry.get("lesions_in_image")
+    if given is not None and str(given).strip() != "":
+        return int(given)
+    return per_image[image_key(entry["image"])] if entry.get("image") is not None else None
+
+
 def repeated_lesion_ids(lesion_ids: Iterable[Any]) -> dict[str, int]:
     """The lesion ids that occur more than once, with their counts (lesion ids must be unique)."""
     return {k: n for k, n in Counter(str(i) for i in lesion_ids).items() if n > 1}
@@ -124,7 +133,8 @@ def entry_problems(entries: Sequence[Any], num_folds: int | None = None) -> list
 
     Checks: entries are objects with the required keys (:class:`EntryKeyError`), label 0/1
     (:class:`UnknownLabelError`), integer folds in range (:class:`FoldValueError`), unique lesion ids
-    (:class:`DuplicateLesionError`), no patient in two folds (:class:`PatientFoldError`), and both classes in
+    (:class:`DuplicateLesionError`), ``lesions_in_image`` a positive integer when given (:class:`EntryKeyError`), no
+    patient in two folds (:class:`PatientFoldError`), and both classes in
     every fold (:class:`FoldClassError`).
     """
     problems: list[DataError] = []
@@ -158,6 +168,16 @@ def entry_problems(entries: Sequence[Any], num_folds: int | None = None) -> list
                     where,
                     f"fold {entry['fold']} is out of range 0..{num_folds - 1}",
                     "re-assign folds (`python -m bundle.data build`) or fix num_folds",
+                )
+            )
+            continue
+        given = entry.get("lesions_in_image")
+        if given is not None and str(given).strip() != "" and not (str(given).isdigit() and int(given) >= 1):
+            problems.append(
+                EntryKeyError(
+                    where,
+                    f"lesions_in_image {given!r} is not a positive integer (an image with a lesion has at least 1)",
+                    "give the number of lesions on the image, or leave it out to have it counted",
                 )
             )
             continue
@@ -221,7 +241,7 @@ def normalise_entries(entries: Sequence[dict], dataset_dir: str | os.PathLike) -
                 "lesion_id": str(e["lesion_id"]),
                 "fold": int(e["fold"]),
                 "tumor_type": str(e.get("tumor_type") or "unknown"),
-                "lesions_in_image": int(e.get("lesions_in_image") or per_image[image_key(e["image"])]),
+                "lesions_in_image": lesions_in_image_of(e, per_image),
             }
         )
     return out

@@ -39,11 +39,11 @@ from bundle.data.datalist import (
     BURDEN_GROUPS,
     BURDEN_LABELS,
     burden_group,
+    lesions_in_image_of,
     lesions_per_image,
     read_datalist,
     repeated_lesion_ids,
 )
-from bundle.data.paths import image_key
 from bundle.errors import ProblemsError
 from bundle.evaluation import paper_results
 from bundle.evaluation.metrics import (
@@ -209,14 +209,7 @@ class Lesions:
 def _lesions_per_image(entries: Sequence[Mapping[str, Any]]) -> dict[str, int | None]:
     """``lesions_in_image`` of each lesion id, as given in the datalist, else counted on its image."""
     per_image = lesions_per_image(entries)
-    out: dict[str, int | None] = {}
-    for e in entries:
-        given = e.get("lesions_in_image")
-        if given is not None and str(given).strip() != "":
-            out[str(e["lesion_id"])] = int(given)
-        else:
-            out[str(e["lesion_id"])] = per_image[image_key(e["image"])] if e.get("image") is not None else None
-    return out
+    return {str(e["lesion_id"]): lesions_in_image_of(e, per_image) for e in entries}
 
 
 def join_predictions(
