@@ -23,7 +23,8 @@ from bundle.phantom.lesions import TUMOR_TYPES
 from bundle.phantom.scan import PhantomConfig, PhantomScan, generate_patient, patient_rng
 from bundle.phantom.writers import WRITERS
 
-GENERATOR_VERSION = "1.0.0"
+# 1.1.0: region maps, lesion label images, the scans list with the true BSI (images as in 1.0.0)
+GENERATOR_VERSION = "1.1.0"
 DATASET_NAME = "bone-scan-phantom"
 
 
