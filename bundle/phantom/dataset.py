@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import multiprocessing
@@ -9,7 +10,7 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,9 @@ def patient_id(index: int) -> str:
 
 
 @dataclass(frozen=True)
-class _Job:
+class PatientJob:
+    """What a worker process needs to simulate and write patient ``index`` of a data set into ``root``."""
+
     index: int
     seed: int
     config: PhantomConfig
@@ -66,7 +69,7 @@ def scan_statistics(scan: PhantomScan) -> dict[str, Any]:
     }
 
 
-def _make_patient(job: _Job) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+def _make_patient(job: PatientJob) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """Simulate and write one patient; returns its lesion entries, its scan entry and its scan statistics."""
     pid = patient_id(job.index)
     scan, masks, records = generate_patient(patient_rng(job.seed, job.index), job.config, pid)
@@ -112,14 +115,17 @@ def _make_patient(job: _Job) -> tuple[list[dict[str, Any]], dict[str, Any], dict
     return entries, scan_entry, scan_statistics(scan)
 
 
-def _run_jobs(jobs: list[_Job], workers: int) -> Iterator[tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]]:
+def run_patient_jobs(
+    make: Callable[[PatientJob], Any], jobs: list[PatientJob], workers: int, chunksize: int = 4
+) -> Iterator[Any]:
+    """``make(job)`` for every job, in order: in this process (``workers`` ≤ 1) or a pool of forked processes."""
     if workers <= 1:
-        yield from map(_make_patient, jobs)
+        yield from map(make, jobs)
         return
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else None)
     with context.Pool(workers) as pool:
-        yield from pool.imap(_make_patient, jobs, chunksize=4)
+        yield from pool.imap(make, jobs, chunksize=chunksize)
 
 
 def _is_data_set(path: Path, marker: str, name: str) -> bool:
@@ -184,6 +190,39 @@ def move_into_place(
         os.replace(tmp, out)
 
 
+@contextlib.contextmanager
+def staging_folder(
+    out: Path, overwrite: bool, subfolders: Sequence[str], marker: str = "datalist.json", name: str = DATASET_NAME
+) -> Iterator[Path]:
+    """A temporary folder beside ``out`` (with ``subfolders``) to write a data set into; moved into place
+    (:func:`move_into_place`) with the usual permissions when the block ends, removed if it raises."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        for sub in subfolders:
+            (tmp / sub).mkdir()
+        yield tmp
+        os.chmod(tmp, 0o777 & ~current_umask())
+        move_into_place(tmp, out, overwrite, marker, name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def generator_metadata(config: PhantomConfig, seed: int, patients: int, fmt: str) -> dict[str, Any]:
+    """The ``generator`` record of a data set: version, seed, size, format and the whole configuration."""
+    return {
+        "version": GENERATOR_VERSION,
+        "seed": seed,
+        "patients": patients,
+        "difficulty": config.difficulty,
+        "height": config.height,
+        "width": config.width,
+        "format": fmt,
+        "config": json.loads(json.dumps(asdict(config))),
+    }
+
+
 def generate_dataset(
     out_dir: str | os.PathLike,
     patients: int,
@@ -222,15 +261,9 @@ def generate_dataset(
     config = config or PhantomConfig()
     check_generation_args(fmt, num_folds, patients)
     out = check_output_dir(out_dir, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        (tmp / "images").mkdir()
-        (tmp / "masks").mkdir()
-        (tmp / "regions").mkdir()
-        (tmp / "lesions").mkdir()
-        jobs = [_Job(i, seed, config, fmt, str(tmp)) for i in range(patients)]
-        results: Iterator = _run_jobs(jobs, workers)
+    with staging_folder(out, overwrite, ("images", "masks", "regions", "lesions")) as tmp:
+        jobs = [PatientJob(i, seed, config, fmt, str(tmp)) for i in range(patients)]
+        results: Iterator = run_patient_jobs(_make_patient, jobs, workers)
         if progress is not None:
             results = progress(results)
         entries: list[dict[str, Any]] = []
@@ -249,16 +282,7 @@ def generate_dataset(
                 "Synthetic whole-body bone scans (99mTc-MDP, anterior | mirrored posterior) with one entry per lesion; "
                 "label ~ Bernoulli(p_malignant), p_malignant a function of visible lesion features (docs/phantom.md)."
             ),
-            "generator": {
-                "version": GENERATOR_VERSION,
-                "seed": seed,
-                "patients": patients,
-                "difficulty": config.difficulty,
-                "height": config.height,
-                "width": config.width,
-                "format": fmt,
-                "config": json.loads(json.dumps(asdict(config))),
-            },
+            "generator": generator_metadata(config, seed, patients, fmt),
             "num_folds": num_folds,
             "best_possible_auc": statistics["best_possible_auc"],
             "statistics": statistics,
@@ -267,11 +291,6 @@ def generate_dataset(
             "regions_table": "bundle.data.regions.REGIONS (docs/read.md)",
         }
         write_datalist(tmp / "datalist.json", datalist)
-        os.chmod(tmp, 0o777 & ~current_umask())
-        move_into_place(tmp, out, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return datalist
 
 

@@ -13,25 +13,24 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import multiprocessing
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bundle.io import atomic_write_text, current_umask
+from bundle.io import atomic_write_text
 from bundle.phantom.anatomy import BodyGeometry, reference_skeleton, render_soft_tissue
 from bundle.phantom.dataset import (
-    GENERATOR_VERSION,
+    PatientJob,
     check_generation_args,
     check_output_dir,
-    move_into_place,
+    generator_metadata,
     patient_id,
+    run_patient_jobs,
+    staging_folder,
 )
 from bundle.phantom.lesions import (
     MIN_GAP_MM,
@@ -383,16 +382,7 @@ def followup_geometry(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Job:
-    index: int
-    seed: int
-    config: PhantomConfig
-    fmt: str
-    root: str
-
-
-def _make_pair(job: _Job) -> dict[str, Any]:
+def _make_pair(job: PatientJob) -> dict[str, Any]:
     """Simulate and write one patient's pair; returns its ``pairs.json`` entry (without the fold)."""
     pid = patient_id(job.index)
     pair = generate_followup_pair(patient_rng(job.seed, job.index), job.config, pid)
@@ -442,16 +432,6 @@ def _make_pair(job: _Job) -> dict[str, Any]:
     }
 
 
-def _run_jobs(jobs: list[_Job], workers: int) -> Iterator[dict[str, Any]]:
-    if workers <= 1:
-        yield from map(_make_pair, jobs)
-        return
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else None)
-    with context.Pool(workers) as pool:
-        yield from pool.imap(_make_pair, jobs, chunksize=2)
-
-
 def check_pairs_dir(out_dir: str | os.PathLike, overwrite: bool) -> Path:
     """Validate the target folder of :func:`generate_pairs` before any work is done (a non-empty folder is replaced
     only with ``overwrite`` and only when it is a pairs data set: ``pairs.json`` named :data:`PAIRS_NAME`).
@@ -498,12 +478,9 @@ def generate_pairs(
     config = config or PhantomConfig()
     check_generation_args(fmt, num_folds, patients)
     out = check_pairs_dir(out_dir, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        for sub in ("images", "masks", "regions"):
-            (tmp / sub).mkdir()
-        results: Iterator = _run_jobs([_Job(i, seed, config, fmt, str(tmp)) for i in range(patients)], workers)
+    with staging_folder(out, overwrite, ("images", "masks", "regions"), "pairs.json", PAIRS_NAME) as tmp:
+        jobs = [PatientJob(i, seed, config, fmt, str(tmp)) for i in range(patients)]
+        results: Iterator = run_patient_jobs(_make_pair, jobs, workers, chunksize=2)
         if progress is not None:
             results = progress(results)
         pairs = list(results)
@@ -517,28 +494,13 @@ def generate_pairs(
                 "posterior), every lesion's fate (persistent / resolved / new) and each scan's true BSI "
                 "(docs/phantom.md, Follow-up pairs)."
             ),
-            "generator": {
-                "version": GENERATOR_VERSION,
-                "followup_version": FOLLOWUP_VERSION,
-                "seed": seed,
-                "patients": patients,
-                "difficulty": config.difficulty,
-                "height": config.height,
-                "width": config.width,
-                "format": fmt,
-                "config": json.loads(json.dumps(asdict(config))),
-            },
+            "generator": {**generator_metadata(config, seed, patients, fmt), "followup_version": FOLLOWUP_VERSION},
             "num_folds": num_folds,
             "progression_rule": f"new_lesions >= {PROGRESSION_MIN_NEW_LESIONS} (PCWG2)",
             "statistics": pairs_statistics(pairs),
             "pairs": pairs,
         }
         atomic_write_text(tmp / "pairs.json", json.dumps(content, indent=1) + "\n")
-        os.chmod(tmp, 0o777 & ~current_umask())
-        move_into_place(tmp, out, overwrite, "pairs.json", PAIRS_NAME)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return content
 
 
