@@ -224,12 +224,13 @@ def compare(
     check_pair(source_b, source_f, info_b, info_f, force)
 
     with atomic_directory(out_dir) as tmp:
-        reads = {}
+        reads, arrays = {}, {}
         for key, scan in (("baseline", baseline), ("followup", followup)):
             (tmp / key).mkdir()
             reader.output_dir = tmp / key
-            reads[key] = reader.read_scan(scan)
-        arrays = {key: reader.load(scan)[0] for key, scan in (("baseline", baseline), ("followup", followup))}
+            loaded = reader.load(scan)
+            arrays[key] = loaded[0]
+            reads[key] = reader.read_scan(scan, loaded)
         if arrays["baseline"].shape != arrays["followup"].shape:
             logger.info(
                 "the scans differ in size (%s vs %s): the follow-up is resampled onto the baseline's grid",

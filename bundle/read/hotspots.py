@@ -104,10 +104,10 @@ class HotSpotDetector:
             return np.where(near & (level > 0), counts / np.where(level > 0, level, 1.0), 0.0).astype(np.float32)
 
     def candidate_pixels(self, ratio: np.ndarray, regions: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarray:
-        """Hot pixels of one view, bool (H, W/2): ratio ≥ threshold, near bone, away from organs/injection."""
-        near_bone = dilate(bone_mask(regions), self.skeleton_margin_mm, pixel_mm)
+        """Hot pixels of one view, bool (H, W/2): ratio ≥ threshold (which :meth:`ratio_image` gives only within
+        ``skeleton_margin_mm`` of bone), away from organs/injection."""
         excluded = dilate(np.isin(regions, NON_BONE_VALUES), self.exclusion_margin_mm, pixel_mm)
-        return (ratio >= self.threshold) & near_bone & ~excluded
+        return (ratio >= self.threshold) & ~excluded
 
     def view_candidates(
         self, scan: np.ndarray, regions: np.ndarray, pixel_mm: tuple[float, float], view: int

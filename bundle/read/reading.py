@@ -87,7 +87,7 @@ def scan_paths(dataset_dir: str | os.PathLike, datalist: str | os.PathLike | Non
             content = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
             raise ValueError(f"{path}: cannot read the datalist ({err})") from None
-        entries = content.get("scans") or content.get("training") or [] if isinstance(content, dict) else []
+        entries = (content.get("scans") or content.get("training") or []) if isinstance(content, dict) else []
         images = list(dict.fromkeys(e["image"] for e in entries if isinstance(e, Mapping) and e.get("image")))
         if not images:
             raise ValueError(f"{path}: no scans (a 'scans' or 'training' list with 'image' paths)")
@@ -202,12 +202,15 @@ class WholeScanReader:
                 probabilities.append(float(pred[1]))
         return probabilities
 
-    def read_scan(self, scan: str | Sequence[str]) -> dict[str, Any]:
-        """Read one scan and write its folder; returns its ``read.json`` content."""
+    def read_scan(self, scan: str | Sequence[str], loaded: tuple[np.ndarray, dict] | None = None) -> dict[str, Any]:
+        """Read one scan and write its folder; returns its ``read.json`` content.
+
+        ``loaded``: the scan's ``(counts, metadata)`` when the caller has already loaded it (:meth:`load`).
+        """
         name = scan_name(scan)
         source = scan if isinstance(scan, str) else " + ".join(scan)
         started = time.perf_counter()
-        array, meta = self.load(scan)
+        array, meta = loaded if loaded is not None else self.load(scan)
         spacing = meta.get("affine")
         spacing = (abs(float(spacing[0][0])), abs(float(spacing[1][1]))) if spacing is not None else None
         pixel_mm = self.pixel_mm or pixel_size_mm(array.shape, spacing)
