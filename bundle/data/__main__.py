@@ -14,16 +14,12 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
-
 from bundle.data.builder import build_datalist
 from bundle.data.datalist import summary, write_datalist
 from bundle.data.paths import image_key
-from bundle.data.readers import WholeBodyScanReader
+from bundle.data.readers import WholeBodyScanReader, save_layout_nifti
 from bundle.data.validation import validate
 from bundle.errors import DataError, describe
-from bundle.io import atomic_write
 
 
 def export(scan: Sequence[str], output: str, reader: WholeBodyScanReader) -> int:
@@ -33,8 +29,7 @@ def export(scan: Sequence[str], output: str, reader: WholeBodyScanReader) -> int
     except DataError as err:
         print(f"error: {err}")
         return 1
-    image = nib.Nifti1Image(array, np.eye(4))
-    atomic_write(output, lambda tmp: nib.save(image, tmp), suffix=".nii.gz")
+    save_layout_nifti(output, array)
     print(f"{output}: {array.shape[0]}x{array.shape[1]} (views {meta.get('views', 'n/a')})")
     return 0
 

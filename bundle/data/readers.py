@@ -77,6 +77,7 @@ from bundle.errors import (
     UnsupportedFormatError,
     ViewError,
 )
+from bundle.io import atomic_write
 
 __all__ = ["LoadedImage", "WholeBodyScanReader", "check_counts"]
 
@@ -159,6 +160,13 @@ def check_counts(values: np.ndarray, path: str, lossy: bool, what: str = "counts
             "counts cannot be negative: check RescaleIntercept/the export settings, or re-export the original scan",
         )
     return values
+
+
+def save_layout_nifti(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write an (H, W) array in the pipeline's layout as NIfTI with an identity affine (read back as the same (H, W)
+    by :class:`WholeBodyScanReader` and ``nibabel``), atomically; the array's dtype is kept."""
+    image = nib.Nifti1Image(np.asarray(array), np.eye(4))
+    atomic_write(path, lambda tmp: nib.save(image, tmp), suffix=".nii.gz")
 
 
 class WholeBodyScanReader(ImageReader):

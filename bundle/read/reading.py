@@ -36,13 +36,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 from ignite.handlers import Checkpoint
 
 from bundle.data.builder import SCAN_FOLDERS, scans_in
 from bundle.data.paths import EXTENSIONS, resolve, stem
+from bundle.data.readers import save_layout_nifti
 from bundle.data.regions import (
     BONE_VALUES,
     REGION_BY_VALUE,
@@ -217,8 +217,8 @@ class WholeScanReader:
         regions = check_region_map(self.segmenter(array), array.shape, f"{source} (region map)")
         hotspots = self.detector(array, regions, pixel_mm)
         with atomic_directory(self.output_dir / name) as tmp:
-            _write_label_nifti(tmp / "hotspots.nii.gz", hotspots.labels)
-            _write_label_nifti(tmp / "regions.nii.gz", regions)
+            save_layout_nifti(tmp / "hotspots.nii.gz", hotspots.labels.astype(np.int16))
+            save_layout_nifti(tmp / "regions.nii.gz", regions.astype(np.int16))
             ids = [r["hotspot_id"] for r in hotspots.records]
             probabilities = self.classify(scan, str(tmp / "hotspots.nii.gz"), ids) if ids else []
             result = self._summarise(source, name, hotspots, regions, probabilities, meta)
@@ -381,11 +381,6 @@ def _rank_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
-
-
-def _write_label_nifti(path: Path, labels: np.ndarray) -> None:
-    """A label image (H, W) as NIfTI (int16, identity affine), read back by the bundle's reader as (H, W)."""
-    nib.save(nib.Nifti1Image(np.asarray(labels, np.int16), np.eye(4)), str(path))
 
 
 def render_read_png(
