@@ -19,7 +19,7 @@ does not find them (docs/read.md lists what it misses).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -272,3 +272,63 @@ def _match_views(
     # order hot spots head to feet, then image left to right
     ordered = sorted(groups.values(), key=lambda g: (min(int(c["rows"].min()) for c in g), g[0]["cols"].min()))
     return ordered
+
+
+def hotspots_from_masks(
+    masks: Sequence[np.ndarray],
+    scan: np.ndarray,
+    regions: np.ndarray,
+    pixel_mm: tuple[float, float] | None = None,
+    sources: Sequence[str] | None = None,
+) -> HotSpots:
+    """Outlined lesions (a DICOM SEG's segments, a datalist's masks) as :class:`HotSpots`, with the records the
+    detector gives its hot spots, so that they are classified, counted and reported the same way.
+
+    Args:
+        masks: one bool (H, W) mask per lesion in the stored layout (in one view, or both); lesion ``k`` =
+            ``masks[k - 1]``. Where masks overlap, ``labels`` holds the later lesion.
+        scan: counts (H, W), stored layout; the uptake ratios are the classical detector's ratio to normal bone.
+        regions: region map (H, W).
+        pixel_mm: (row, column) pixel size; default from the whole-body field of view.
+        sources: one name per lesion (e.g. ``seg.dcm#2``), recorded as ``source``.
+
+    Raises:
+        ValueError: a mask of another shape than the scan, or an empty mask (naming the lesion).
+    """
+    scan = np.asarray(scan, np.float32)
+    pixel_mm = pixel_mm or pixel_size_mm(scan.shape)
+    half = scan.shape[1] // 2
+    present = [v for v in range(2) if scan[:, v * half : (v + 1) * half].any()]
+    ratio_detector = HotSpotDetector()
+    ratios = {v: ratio_detector.view_candidates(scan, regions, pixel_mm, v)[1] for v in present}
+    labels = np.zeros(scan.shape, np.int32)
+    records = []
+    pixel_area = pixel_mm[0] * pixel_mm[1]
+    for k, mask in enumerate(masks, start=1):
+        name = sources[k - 1] if sources is not None else f"lesion {k}"
+        mask = np.asarray(mask) > 0
+        if mask.shape != scan.shape:
+            raise ValueError(f"{name}: mask shape {mask.shape} differs from the scan's {scan.shape}")
+        if not mask.any():
+            raise ValueError(f"{name}: the mask is empty")
+        labels[mask] = k
+        halves = [v for v in range(2) if mask[:, v * half : (v + 1) * half].any()]
+        one_view = mask[:, :half] | mask[:, half:]
+        values = np.concatenate([ratios[v][mask[:, v * half : (v + 1) * half]] for v in halves if v in ratios] or [[]])
+        rows, cols = np.nonzero(one_view)
+        region_half = regions[:, :half] if 0 in present else regions[:, half:]
+        records.append(
+            {
+                "hotspot_id": k,
+                "views": "+".join(VIEW_NAMES[v] for v in halves),
+                "centre_row": round(float(rows.mean()), 1),
+                "centre_col": round(float(cols.mean()), 1),
+                "area_px": int(one_view.sum()),
+                "area_mm2": round(float(one_view.sum()) * pixel_area, 1),
+                "region": region_name(dominant_region(one_view, region_half)),
+                "peak_ratio": round(float(values.max()), 3) if values.size else 0.0,
+                "mean_ratio": round(float(values.mean()), 3) if values.size else 0.0,
+                **({"source": sources[k - 1]} if sources is not None else {}),
+            }
+        )
+    return HotSpots(labels, records, tuple(VIEW_NAMES[v] for v in present), tuple(pixel_mm))

@@ -33,6 +33,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ from bundle.data.regions import (
     check_region_map,
 )
 from bundle.io import atomic_directory, atomic_save_figure, atomic_write_csv, atomic_write_text
-from bundle.read.hotspots import HotSpotDetector, HotSpots, pixel_size_mm
+from bundle.read.hotspots import HotSpotDetector, HotSpots, hotspots_from_masks, pixel_size_mm
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +128,24 @@ def check_scan(array: np.ndarray, source: str) -> None:
         raise ScanError(f"{source}: the scan holds no counts")
 
 
+@dataclass
+class ScanRead:
+    """One scan read in memory (:meth:`WholeScanReader.analyse`).
+
+    Attributes:
+        array: counts (H, W) float32, stored layout. meta: the reader's metadata. regions: region map (H, W).
+        hotspots: the lesions read (detected hot spots or the outlined lesions). probabilities: P(malignant) per
+        lesion, in ``hotspots.records`` order. result: the ``read.json`` content.
+    """
+
+    array: np.ndarray
+    meta: dict
+    regions: np.ndarray
+    hotspots: HotSpots
+    probabilities: list[float]
+    result: dict[str, Any]
+
+
 class WholeScanReader:
     """Reads whole scans: region map, hot spots, the classifier on each hot spot, BSI and the outputs.
 
@@ -187,13 +206,15 @@ class WholeScanReader:
         check_scan(array, source)
         return array, meta
 
-    def classify(self, scan: str | Sequence[str], hotspot_file: str, hotspot_ids: Sequence[int]) -> list[float]:
-        """P(malignant) of each hot spot, the classifier run exactly as in training/inference on scan + mask."""
+    def classify(self, scan: str | Sequence[str], masks: Sequence[str]) -> list[float]:
+        """P(malignant) of each lesion, the classifier run exactly as in training/inference on scan + mask.
+
+        ``masks``: one mask reference per lesion, as a datalist gives it (``labels.nii.gz#3``, ``seg.dcm#2``).
+        """
         probabilities: list[float] = []
         self.network.eval()
-        for start in range(0, len(hotspot_ids), self.batch_size):
-            ids = hotspot_ids[start : start + self.batch_size]
-            items = [self.preprocessing({"image": scan, "mask": f"{hotspot_file}#{k}"}) for k in ids]
+        for start in range(0, len(masks), self.batch_size):
+            items = [self.preprocessing({"image": scan, "mask": m}) for m in masks[start : start + self.batch_size]]
             batch = torch.stack([torch.as_tensor(item["image"]) for item in items]).to(self.device)
             with torch.no_grad():
                 logits = self.inferer(batch, self.network)
@@ -202,12 +223,22 @@ class WholeScanReader:
                 probabilities.append(float(pred[1]))
         return probabilities
 
-    def read_scan(self, scan: str | Sequence[str], loaded: tuple[np.ndarray, dict] | None = None) -> dict[str, Any]:
-        """Read one scan and write its folder; returns its ``read.json`` content.
+    def analyse(
+        self,
+        scan: str | Sequence[str],
+        workdir: str | os.PathLike,
+        loaded: tuple[np.ndarray, dict] | None = None,
+        lesion_masks: Sequence[str] | None = None,
+    ) -> ScanRead:
+        """Read one scan in memory: regions, lesions (detected, or ``lesion_masks`` given), P(malignant), BSI.
 
-        ``loaded``: the scan's ``(counts, metadata)`` when the caller has already loaded it (:meth:`load`).
+        Args:
+            scan: the scan's file(s).
+            workdir: an existing folder for the lesion label image the classifier reads (``hotspots.nii.gz``).
+            loaded: the scan's ``(counts, metadata)`` when the caller has already loaded it (:meth:`load`).
+            lesion_masks: mask references of outlined lesions (``seg.dcm#1``, ...): classified instead of the
+                detector's hot spots, lesion ``k`` = ``lesion_masks[k - 1]``.
         """
-        name = scan_name(scan)
         source = scan if isinstance(scan, str) else " + ".join(scan)
         started = time.perf_counter()
         array, meta = loaded if loaded is not None else self.load(scan)
@@ -215,19 +246,37 @@ class WholeScanReader:
         spacing = (abs(float(spacing[0][0])), abs(float(spacing[1][1]))) if spacing is not None else None
         pixel_mm = self.pixel_mm or pixel_size_mm(array.shape, spacing)
         regions = check_region_map(self.segmenter(array), array.shape, f"{source} (region map)")
-        hotspots = self.detector(array, regions, pixel_mm)
-        with atomic_directory(self.output_dir / name) as tmp:
-            save_layout_nifti(tmp / "hotspots.nii.gz", hotspots.labels.astype(np.int16))
-            save_layout_nifti(tmp / "regions.nii.gz", regions.astype(np.int16))
-            ids = [r["hotspot_id"] for r in hotspots.records]
-            probabilities = self.classify(scan, str(tmp / "hotspots.nii.gz"), ids) if ids else []
-            result = self._summarise(source, name, hotspots, regions, probabilities, meta)
-            result["seconds"] = round(time.perf_counter() - started, 3)
-            rows = [{"scan": name, **r} for r in result["hotspots"]]
+        if lesion_masks is None:
+            hotspots = self.detector(array, regions, pixel_mm)
+        else:
+            masks = [np.asarray(self.image_reader.get_data(self.image_reader.read(m))[0]) > 0 for m in lesion_masks]
+            hotspots = hotspots_from_masks(masks, array, regions, pixel_mm, lesion_masks)
+        label_file = Path(workdir) / "hotspots.nii.gz"
+        save_layout_nifti(label_file, hotspots.labels.astype(np.int16))
+        ids = [r["hotspot_id"] for r in hotspots.records]
+        mask_refs = list(lesion_masks) if lesion_masks is not None else [f"{label_file}#{k}" for k in ids]
+        probabilities = self.classify(scan, mask_refs) if ids else []
+        result = self._summarise(source, scan_name(scan), hotspots, regions, probabilities, meta)
+        result["lesions_source"] = "detected" if lesion_masks is None else "outlined"
+        result["seconds"] = round(time.perf_counter() - started, 3)
+        return ScanRead(array, meta, regions, hotspots, probabilities, result)
+
+    def read_scan(self, scan: str | Sequence[str], loaded: tuple[np.ndarray, dict] | None = None) -> dict[str, Any]:
+        """Read one scan and write its folder; returns its ``read.json`` content.
+
+        ``loaded``: the scan's ``(counts, metadata)`` when the caller has already loaded it (:meth:`load`).
+        """
+        with atomic_directory(self.output_dir / scan_name(scan)) as tmp:
+            read = self.analyse(scan, tmp, loaded)
+            save_layout_nifti(tmp / "regions.nii.gz", read.regions.astype(np.int16))
+            rows = [{"scan": read.result["name"], **r} for r in read.result["hotspots"]]
             atomic_write_csv(tmp / "hotspots.csv", rows, HOTSPOT_COLUMNS)
-            atomic_write_text(tmp / "read.json", json.dumps(result, indent=1))
-            render_read_png(tmp / "read.png", array, regions, hotspots, probabilities, self.threshold, result)
-        return result
+            atomic_write_text(tmp / "read.json", json.dumps(read.result, indent=1))
+            render_read_png(
+                tmp / "read.png", read.array, read.regions, read.hotspots, read.probabilities, self.threshold,
+                read.result,
+            )  # fmt: skip
+        return read.result
 
     def _summarise(
         self,
