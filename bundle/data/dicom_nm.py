@@ -15,21 +15,25 @@ code (SCT 399321004 "Anterior projection", SCT 399001007 "Posterior projection";
 meaning text are matched too). For single-view files, ``ImageID``/``SeriesDescription``/``ImageComments``/
 ``ProtocolName`` saying ``ANT`` or ``POST`` are accepted as a fallback. Frame order alone is never trusted.
 
-The writers of NM files and SEG masks (synthetic data for the phantom and the tests) are in
+Every DICOM file the project writes goes through :func:`save_dicom` (atomic, DICOM File Format, pydicom 2.4 and 3).
+The SEG builder is :mod:`bundle.data.dicom_seg`; the writers of synthetic NM files (the phantom and the tests) are in
 :mod:`bundle.phantom.dicom`.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
-from pydicom.uid import (
-    UID,
-)
+from pydicom.uid import UID
+
+from bundle.io import atomic_write
 
 __all__ = [
     "ANTERIOR_CODE",
@@ -46,6 +50,7 @@ __all__ = [
     "frame_views",
     "is_lossy",
     "orientation_flips",
+    "save_dicom",
     "split_views",
     "view_from_code",
     "view_from_text",
@@ -223,3 +228,34 @@ def split_views(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"expected an (H, W) image with even W, got shape {image.shape}")
     half = image.shape[1] // 2
     return image[:, :half], image[:, half:][:, ::-1]
+
+
+# ---- writing ----------------------------------------------------------------------------------------------------
+PYDICOM_MAJOR = int(pydicom.__version__.split(".")[0])
+
+
+def save_dicom(ds: Dataset, path: str | os.PathLike) -> Path:
+    """Write ``ds`` (with ``file_meta``) as a DICOM file (128-byte preamble, ``DICM``, file meta), atomically.
+
+    Works with pydicom 3 (``enforce_file_format=True``) and pydicom 2.4 (``write_like_original=False``, with the
+    encoding taken from the transfer syntax); the file meta group is completed by pydicom in both.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    path = Path(path)
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" not in meta:
+        raise ValueError(f"{path}: the dataset has no file meta TransferSyntaxUID; cannot write a DICOM file")
+
+    def write(tmp: str) -> None:
+        if PYDICOM_MAJOR >= 3:
+            ds.save_as(tmp, enforce_file_format=True)
+        else:  # pydicom 2.4: encoding attributes must be set on the dataset
+            syntax = UID(meta.TransferSyntaxUID)
+            ds.is_little_endian = syntax.is_little_endian
+            ds.is_implicit_VR = syntax.is_implicit_VR
+            ds.save_as(tmp, write_like_original=False)
+
+    atomic_write(path, write, suffix=".dcm")
+    return path

@@ -550,11 +550,21 @@ class WholeBodyScanReader(ImageReader):
         else:
             binary = pixels > 0
         refs = []
+        shared = (ds.get("SharedFunctionalGroupsSequence") or [Dataset()])[0]
         for i, group in enumerate(ds.get("PerFrameFunctionalGroupsSequence") or []):
-            segment = int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+            # a functional group is per frame or shared (highdicom shares the segment of a one-segment SEG)
+            identification = group.get("SegmentIdentificationSequence") or shared.get("SegmentIdentificationSequence")
+            derivation = group.get("DerivationImageSequence") or shared.get("DerivationImageSequence")
+            if not identification and len(segments) != 1:
+                raise MaskSelectionError(
+                    path,
+                    f"SEG frame {i + 1} does not say which segment it shows (no SegmentIdentificationSequence)",
+                    "save the SEG with a segment identification per frame",
+                )
+            segment = int(identification[0].ReferencedSegmentNumber) if identification else number
             try:
-                source = group.DerivationImageSequence[0].SourceImageSequence[0]
-            except (AttributeError, IndexError):
+                source = derivation[0].SourceImageSequence[0]
+            except (AttributeError, IndexError, TypeError):
                 raise MaskSelectionError(
                     path,
                     f"SEG frame {i + 1} does not say which scan frame it lies on (no DerivationImageSequence)",

@@ -28,18 +28,16 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from bundle import __version__
 from bundle.data.dicom_nm import (
     ANT,
     LOSSY_TRANSFER_SYNTAXES,
     NM_IMAGE_STORAGE,
     POST,
-    SEG_STORAGE,
     VIEW_CODES,
     VIEWS,
-    frame_views,
-    orientation_flips,
+    save_dicom,
 )
-from bundle.io import atomic_write
 from bundle.phantom.scan import REFERENCE_PIXEL_MM
 
 
@@ -132,6 +130,39 @@ def _set_pixel_data(ds: Dataset, stored: np.ndarray, transfer_syntax: UID, lossy
     ds.compress(transfer_syntax, stored, generate_instance_uid=False, **kwargs)
 
 
+# row direction, column direction of each view's stored frame in patient coordinates (LPS, rows head -> feet):
+# the anterior view is seen from the front (rows run to the patient's left), the posterior from the back
+_DETECTOR_ORIENTATION = {ANT: (1.0, 0.0, 0.0, 0.0, 0.0, -1.0), POST: (-1.0, 0.0, 0.0, 0.0, 0.0, -1.0)}
+_LOSSY_METHODS = {"1.2.840.10008.1.2.4.81": "ISO_14495_1", "1.2.840.10008.1.2.4.91": "ISO_15444_1"}
+RECUMBENT = Code("102538003", "SCT", "recumbent")  # CID 19
+SUPINE = Code("40199007", "SCT", "supine")  # CID 20
+HEADFIRST = Code("102540008", "SCT", "headfirst")  # CID 21
+TECHNETIUM_99M = Code("72454006", "SCT", "^99m^Technetium")  # CID 18
+TC99M_MEDRONATE = Code("96390006", "SCT", "Technetium Tc^99m^ medronate")  # CID 25
+INTRAVENOUS_ROUTE = Code("47625008", "SCT", "Intravenous route")  # CID 11
+
+
+def _add_patient_orientation(ds: Dataset) -> None:
+    """NM/PET Patient Orientation module: the patient lies supine, head first (a whole-body bone scan)."""
+    orientation = _code_item(RECUMBENT)
+    orientation.PatientOrientationModifierCodeSequence = [_code_item(SUPINE)]
+    ds.PatientOrientationCodeSequence = [orientation]
+    ds.PatientGantryRelationshipCodeSequence = [_code_item(HEADFIRST)]
+
+
+def _add_radiopharmaceutical(ds: Dataset) -> None:
+    """NM Isotope module: Tc-99m medronate (MDP) injected intravenously, 740 MBq three hours before the scan."""
+    item = Dataset()
+    item.RadionuclideCodeSequence = [_code_item(TECHNETIUM_99M)]
+    item.RadiopharmaceuticalRoute = "IV"
+    item.AdministrationRouteCodeSequence = [_code_item(INTRAVENOUS_ROUTE)]
+    item.RadiopharmaceuticalStartTime = "060000"
+    item.RadionuclideTotalDose = "740"  # MBq
+    item.Radiopharmaceutical = "Tc-99m MDP"
+    item.RadiopharmaceuticalCodeSequence = [_code_item(TC99M_MEDRONATE)]
+    ds.RadiopharmaceuticalInformationSequence = [item]
+
+
 def nm_dataset(
     anterior: np.ndarray | None,
     posterior: np.ndarray | None,
@@ -154,8 +185,9 @@ def nm_dataset(
     modality: str = "NM",
     sop_class: str = NM_IMAGE_STORAGE,
     image_type: Sequence[str] = ("ORIGINAL", "PRIMARY", "WHOLE BODY", "EMISSION"),
+    scan_velocity: float = 2.0,
     edit: Callable[[Dataset], None] | None = None,
-) -> Path:
+) -> Dataset:
     """A whole-body bone scan as one DICOM NM Image Storage dataset (one frame per given view).
 
     Each view becomes one frame acquired by its own detector: ``DetectorVector`` maps frames to detectors and
@@ -163,12 +195,18 @@ def nm_dataset(
     SCT 399001007 Posterior projection); ``FrameIncrementPointer`` lists the energy window and detector vectors.
     Give one view only (the other ``None``) for a single-view file (then ``PatientOrientation`` is written too).
 
+    The modules of the NM Image IOD are filled so that ``dciodvfy`` finds no errors: NM/PET Patient Orientation
+    (recumbent, supine, head first), NM Image (counts accumulated, scan velocity and length, frame duration), NM
+    Isotope (Tc-99m medronate, intravenous, in ``RadiopharmaceuticalInformationSequence``), NM Detector (parallel
+    collimator, each detector's ``ImageOrientationPatient``; the position is unknown and left empty) and NM
+    Multi-frame; lossy transfer syntaxes record their compression ratio and method.
+
     Args:
         anterior: anterior view (H, Wv) as seen from the front (patient's right on image left), counts >= 0.
         posterior: posterior view (H, Wv) as acquired, seen from the back (patient's left on image left).
             :func:`split_views` turns the pipeline's (H, 2 Wv) layout into these two arrays.
         patient_id: ``PatientID``.
-        patient_name: ``PatientName``; defaults to ``patient_id``.
+        patient_name: ``PatientName``; defaults to ``patient_id`` as the family name (``"P1^"``).
         pixel_spacing: (row, column) spacing in mm.
         seed: makes the study/series/SOP instance UIDs deterministic (derived from seed and patient id);
             ``None`` draws random ones. Explicit ``study_uid``/``series_uid``/``sop_uid`` win.
@@ -184,10 +222,11 @@ def nm_dataset(
         modality: ``Modality`` (tests write ``CT``/``OT`` files with it).
         sop_class: SOP Class UID (tests write Secondary Capture NM files with it).
         image_type: ``ImageType`` values.
+        scan_velocity: table speed of the whole-body pass in mm/s (``ScanVelocity``; 2 mm/s = 12 cm/min).
         edit: called with the finished dataset (tests use it to break files in specific ways).
 
     Returns:
-        the dataset, with ``file_meta``, ready for ``save_as(..., enforce_file_format=True)``.
+        the dataset, with ``file_meta``, ready for :func:`bundle.data.dicom_nm.save_dicom`.
     """
     given = {ANT: anterior, POST: posterior}
     views = [v for v in frame_order if given.get(v) is not None]
@@ -214,7 +253,7 @@ def nm_dataset(
     ds.Modality = modality
     ds.ImageType = list(image_type)
     ds.PatientID = str(patient_id)
-    ds.PatientName = patient_name or str(patient_id)
+    ds.PatientName = patient_name or f"{patient_id}^"  # family name only (a one-component name is the retired form)
     ds.PatientBirthDate = ""
     ds.PatientSex = ""
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = study_date
@@ -225,8 +264,12 @@ def nm_dataset(
     ds.SeriesNumber = 1
     ds.InstanceNumber = 1
     ds.Manufacturer = "bone-scan-lesion-classifier"
+    ds.ManufacturerModelName = "bone scan phantom"
     ds.SeriesDescription = series_description
-    ds.Radiopharmaceutical = "Tc-99m MDP"
+    ds.BodyPartExamined = "WHOLEBODY"
+    ds.ImageLaterality = "B"  # both sides of the body (General Image; makes the series' Laterality unnecessary)
+    _add_patient_orientation(ds)
+    _add_radiopharmaceutical(ds)
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = int(stored.shape[1]), int(stored.shape[2])
@@ -238,6 +281,13 @@ def nm_dataset(
         ds.RescaleSlope = f"{slope:.10g}"
         ds.RescaleIntercept = f"{intercept:.10g}"
     ds.NumberOfFrames = len(views)
+    # NM Image module for a whole-body pass: the table moves the rows' length at scan_velocity
+    scan_length = float(stored.shape[1]) * float(pixel_spacing[0])
+    ds.CountsAccumulated = int(min(max(round(float(frames.clip(min=0).sum())), 0), 2**31 - 1))
+    ds.ScanVelocity = f"{scan_velocity:.6g}"
+    ds.ScanLength = round(scan_length)
+    ds.ActualFrameDuration = round(1000 * scan_length / scan_velocity)  # ms
+    ds.WholeBodyTechnique = ["1PS"]  # one pass
     ds.FrameIncrementPointer = [0x00540010, 0x00540020]  # EnergyWindowVector, DetectorVector
     ds.EnergyWindowVector = [1] * len(views)
     ds.NumberOfEnergyWindows = 1
@@ -255,15 +305,22 @@ def nm_dataset(
     items = []
     for v in (v for v in VIEWS if v in views):
         item = Dataset()
+        item.CollimatorGridName = "LEHR"
+        item.CollimatorType = "PARA"
+        item.ImageOrientationPatient = list(_DETECTOR_ORIENTATION[v])
+        item.ImagePositionPatient = None  # type 2: a planar projection has no known plane position
         if view_codes:
             item.ViewCodeSequence = [_code_item(VIEW_CODES[v])]
         items.append(item)
     ds.DetectorInformationSequence = items
     if len(views) == 1:
         ds.PatientOrientation = ["L", "F"] if views[0] == ANT else ["R", "F"]
+    _set_pixel_data(ds, stored[0] if len(views) == 1 else stored, transfer_syntax, lossy_error)
     if transfer_syntax in LOSSY_TRANSFER_SYNTAXES:
         ds.LossyImageCompression = "01"
-    _set_pixel_data(ds, stored[0] if len(views) == 1 else stored, transfer_syntax, lossy_error)
+        ratio = stored.nbytes / max(len(ds.PixelData), 1)
+        ds.LossyImageCompressionRatio = f"{ratio:.4g}"
+        ds.LossyImageCompressionMethod = _LOSSY_METHODS.get(str(transfer_syntax), "")
     if edit is not None:
         edit(ds)
     return ds
@@ -288,10 +345,7 @@ def write_nm_whole_body(
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     """
-    ds = nm_dataset(anterior, posterior, patient_id, **kwargs)
-    path = Path(path)
-    atomic_write(path, lambda tmp: ds.save_as(tmp, enforce_file_format=True), suffix=".dcm")
-    return path
+    return save_dicom(nm_dataset(anterior, posterior, patient_id, **kwargs), path)
 
 
 def write_seg(
@@ -304,131 +358,46 @@ def write_seg(
 ) -> Path:
     """Write lesion masks drawn on the pipeline's layout as a DICOM SEG referencing the scan's frames, atomically.
 
-    Each mask is split back into the source's views and frames (undoing the mirroring), so the SEG's frames lie on
-    the stored frames of the NM file(s) they reference (``DerivationImageSequence`` → SOP instance and frame).
+    The SEG is built with highdicom by :func:`bundle.data.dicom_seg.lesion_segmentation` (manual bone-lesion
+    segments): each mask is split back into the source's views and frames (undoing the mirroring), so the SEG's
+    frames lie on the stored frames of the NM file(s) they reference (``DerivationImageSequence`` → SOP instance and
+    frame number).
 
     Args:
         path: output file.
         source: the scan: one NM file, or the two single-view files (paths, or their datasets).
-        masks: segment number (1, 2, ...) → binary mask of shape (H, W) in the pipeline's layout.
+        masks: segment number (1, 2, ... n) → non-empty binary mask of shape (H, W) in the pipeline's layout.
         labels: segment number → label (default ``lesion N``).
-        seed: makes the SEG's UIDs deterministic.
+        seed: makes the SEG's UIDs deterministic (its dates are fixed, so equal inputs give equal files).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     """
+    # imported here: highdicom needs pydicom 3, and the NM writers above must also work where only pydicom 2.4 is
+    from bundle.data.dicom_seg import lesion_segmentation
+
     sources = [source] if isinstance(source, str | os.PathLike | Dataset) else list(source)
     datasets = [s if isinstance(s, Dataset) else pydicom.dcmread(s, stop_before_pixels=True) for s in sources]
-    placements = []  # (dataset, frame number, view, flip_lr, flip_ud)
-    for ds in datasets:
-        views, _ = frame_views(ds)
-        for k, view in enumerate(views):
-            if view is None:
-                raise ValueError(f"{ds.get('filename', 'source')}: frame {k + 1} has no identifiable view")
-            placements.append((ds, k + 1, view, *orientation_flips(ds, view)))
-    first = datasets[0]
-    rows, cols = int(first.Rows), int(first.Columns)
-    frames, per_frame = [], []
-    for number in sorted(masks):
-        mask = np.asarray(masks[number]) > 0
-        if mask.shape != (rows, 2 * cols):
-            raise ValueError(f"mask {number} has shape {mask.shape}; expected {(rows, 2 * cols)}")
-        for ds, frame_number, view, flip_lr, flip_ud in placements:
-            half = mask[:, :cols] if view == ANT else mask[:, cols:]
-            frame = half[:, ::-1] if flip_lr else half  # stored orientation = inverse of the reading flips
-            frames.append(frame[::-1] if flip_ud else frame)
-            group = Dataset()
-            source_item = Dataset()
-            source_item.ReferencedSOPClassUID = ds.SOPClassUID
-            source_item.ReferencedSOPInstanceUID = ds.SOPInstanceUID
-            source_item.ReferencedFrameNumber = frame_number
-            source_item.PurposeOfReferenceCodeSequence = [_code_item(Code("121322", "DCM", "Source of Segmentation"))]
-            derivation = Dataset()
-            derivation.SourceImageSequence = [source_item]
-            derivation.DerivationCodeSequence = [_code_item(Code("113076", "DCM", "Segmentation"))]
-            group.DerivationImageSequence = [derivation]
-            identification = Dataset()
-            identification.ReferencedSegmentNumber = number
-            group.SegmentIdentificationSequence = [identification]
-            per_frame.append(group)
-
-    sop_uid = _uid(seed, "seg", first.SOPInstanceUID)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SEG_STORAGE
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    seg = Dataset()
-    seg.file_meta = meta
-    seg.SOPClassUID = SEG_STORAGE
-    seg.SOPInstanceUID = sop_uid
-    for keyword in (
-        "PatientID",
-        "PatientName",
-        "PatientBirthDate",
-        "PatientSex",
-        "StudyInstanceUID",
-        "StudyDate",
-        "StudyTime",
-        "StudyID",
-        "AccessionNumber",
-        "ReferringPhysicianName",
-    ):
-        setattr(seg, keyword, first.get(keyword, ""))
-    seg.SeriesInstanceUID = _uid(seed, "seg-series", first.SOPInstanceUID)
-    seg.SeriesNumber = 100
-    seg.InstanceNumber = 1
-    seg.Modality = "SEG"
-    seg.Manufacturer = "bone-scan-lesion-classifier"
-    now = datetime.datetime(2021, 1, 1, 9, 0, 0)
-    seg.ContentDate, seg.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-    seg.ContentLabel = "LESIONS"
-    seg.ImageType = ["DERIVED", "PRIMARY"]
-    seg.SegmentationType = "BINARY"
-    seg.SamplesPerPixel = 1
-    seg.PhotometricInterpretation = "MONOCHROME2"
-    seg.Rows, seg.Columns = rows, cols
-    seg.BitsAllocated = seg.BitsStored = 1
-    seg.HighBit = 0
-    seg.PixelRepresentation = 0
-    seg.LossyImageCompression = "00"
-    seg.NumberOfFrames = len(frames)
-    segments = []
-    for number in sorted(masks):
-        item = Dataset()
-        item.SegmentNumber = number
-        item.SegmentLabel = (labels or {}).get(number, f"lesion {number}")
-        item.SegmentAlgorithmType = "MANUAL"
-        item.SegmentedPropertyCategoryCodeSequence = [
-            _code_item(Code("49755003", "SCT", "Morphologically Abnormal Structure"))
-        ]
-        item.SegmentedPropertyTypeCodeSequence = [_code_item(Code("108369006", "SCT", "Neoplasm"))]
-        segments.append(item)
-    seg.SegmentSequence = segments
-    shared = Dataset()
-    measures = Dataset()
-    measures.PixelSpacing = list(first.get("PixelSpacing", [1.0, 1.0]))
-    measures.SliceThickness = "1"
-    shared.PixelMeasuresSequence = [measures]
-    seg.SharedFunctionalGroupsSequence = [shared]
-    seg.PerFrameFunctionalGroupsSequence = per_frame
-    referenced = Dataset()
-    referenced.SeriesInstanceUID = first.SeriesInstanceUID
-    instances = []
-    for ds in datasets:
-        instance = Dataset()
-        instance.ReferencedSOPClassUID = ds.SOPClassUID
-        instance.ReferencedSOPInstanceUID = ds.SOPInstanceUID
-        instances.append(instance)
-    referenced.ReferencedInstanceSequence = instances
-    seg.ReferencedSeriesSequence = [referenced]
-    bits = np.stack(frames).astype(np.uint8).ravel()
-    packed = np.packbits(bits.reshape(-1), bitorder="little")  # DICOM packs 1-bit pixels LSB first
-    seg.PixelData = packed.tobytes() + (b"\x00" if len(packed) % 2 else b"")
-
-    path = Path(path)
-    atomic_write(path, lambda tmp: seg.save_as(tmp, enforce_file_format=True), suffix=".dcm")
-    return path
+    numbers = sorted(masks)
+    if numbers != list(range(1, len(numbers) + 1)):
+        raise ValueError(f"segment numbers must be 1..{len(numbers)}, got {numbers}")
+    first = datasets[0].SOPInstanceUID
+    seg = lesion_segmentation(
+        datasets,
+        [masks[n] for n in numbers],
+        [(labels or {}).get(n, f"lesion {n}") for n in numbers],
+        series_number=100,
+        series_description="lesion masks",
+        manufacturer="bone-scan-lesion-classifier",
+        manufacturer_model_name="bone scan phantom",
+        software_versions=__version__,
+        device_serial_number="phantom",
+        algorithm=None,
+        series_instance_uid=_uid(seed, "seg-series", first),
+        sop_instance_uid=_uid(seed, "seg", first),
+        content_datetime=datetime.datetime(2021, 1, 1, 9, 0, 0),
+    )
+    return save_dicom(seg, path)
 
 
 # ---- the phantom's DICOM format ---------------------------------------------------------------------------------
@@ -444,8 +413,7 @@ def _phantom_nm(scan: Any) -> Dataset:
 
 def write_phantom_image(path: Path, scan: Any) -> None:
     """Phantom ``dicom`` format, scans: a 2-frame NM whole-body file (ANT, POST frames with view codes)."""
-    ds = _phantom_nm(scan)
-    atomic_write(path, lambda tmp: ds.save_as(tmp, enforce_file_format=True), suffix=".dcm")
+    save_dicom(_phantom_nm(scan), path)
 
 
 def write_phantom_mask(path: Path, mask: np.ndarray, scan: Any) -> None:
