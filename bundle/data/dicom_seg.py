@@ -243,10 +243,6 @@ def lesion_segmentation(
                 series_description=series_description,
                 content_label=content_label,
                 content_description=content_description,
-                content_date=when.date(),
-                content_time=when.time(),
-                series_date=when.date(),
-                series_time=when.time(),
                 omit_empty_frames=True,
             )
         )
@@ -274,6 +270,10 @@ def lesion_segmentation(
         del seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence
     _reference_all_sources(seg, frames)
     _set_creation_datetime(seg, when)
+    # highdicom draws a random dimension organization UID; derive it from the SEG's UID so equal inputs give equal files
+    organization = generate_uid(entropy_srcs=[str(sop_instance_uid), "dimension organization"])
+    for item in [*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence]:
+        item.DimensionOrganizationUID = organization
     orientations = {tuple(str(v) for v in f.dataset.get("PatientOrientation") or ()) for f in frames}
     # General Image (type 2C): one value when all source frames share it, else empty (ANT and POST differ)
     seg.PatientOrientation = list(orientations.pop()) if len(orientations) == 1 else None
@@ -305,9 +305,9 @@ def _reference_all_sources(seg: Dataset, frames: Sequence[StoredFrame]) -> None:
 
 
 def _set_creation_datetime(seg: Dataset, when: datetime.datetime) -> None:
-    """Use one date/time for creation and contribution, so a fixed ``when`` gives a reproducible file."""
-    seg.InstanceCreationDate = when.strftime("%Y%m%d")
-    seg.InstanceCreationTime = when.strftime("%H%M%S")
+    """One date/time for series, content, creation and contribution: a fixed ``when`` gives a reproducible file."""
+    seg.InstanceCreationDate = seg.ContentDate = seg.SeriesDate = when.strftime("%Y%m%d")
+    seg.InstanceCreationTime = seg.ContentTime = seg.SeriesTime = when.strftime("%H%M%S")
     for item in seg.get("ContributingEquipmentSequence") or []:
         if "ContributionDateTime" in item:
             item.ContributionDateTime = when.strftime("%Y%m%d%H%M%S")

@@ -23,7 +23,6 @@ from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     UID,
     ExplicitVRLittleEndian,
-    JPEGLossless,
     JPEGLosslessSV1,
     generate_uid,
 )
@@ -39,6 +38,9 @@ from bundle.data.dicom_nm import (
     save_dicom,
 )
 from bundle.phantom.scan import REFERENCE_PIXEL_MM
+
+# JPEG Lossless process 14 (pydicom 2.4 gives this UID another name; spelled out so both versions agree)
+JPEGLossless = UID("1.2.840.10008.1.2.4.57")
 
 
 # ---- writing ----------------------------------------------------------------------------------------------------
