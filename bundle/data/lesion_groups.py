@@ -1,0 +1,245 @@
+"""Lesions grouped by scan, for networks that read every lesion of a scan in one pass (bundle.nets.onepass).
+
+The datalist has one entry per lesion (:mod:`bundle.data.datalist`). :func:`group_by_scan` turns the entries of a split
+into one item per scan::
+
+    {"image": "/data/images/P0001.nii.gz",
+     "masks": ["/data/masks/P0001_L01.nii.gz", ...], "labels": [1, 0, ...],
+     "lesion_id": ["P0001_L01", ...], "mask_file": ["/data/masks/P0001_L01.nii.gz", ...],
+     "patient_id": "P0001", "fold": 3, "tumor_type": "lung", "lesions_in_image": 4}
+
+:class:`LoadLesionMasksd` reads the list of masks into one (L, H, W) array (one channel per lesion, so MONAI's
+spatial transforms resize and flip all of them like the scan), :func:`pad_lesions_collate` pads the lesions of a batch
+to the largest count L_max, and :class:`PrepareScanBatch` hands a collated batch to MONAI's engines. A collated batch
+holds what the network reads **per scan** and everything else **per lesion** (N = valid lesions of the batch)::
+
+    batch["image"]         (B, 1, H, W)       scans (every tensor-valued key is collated per scan)
+    batch["masks"]         (B, L_max, H, W)   masks, padded with empty masks
+    batch["lesion_valid"]  (B, L_max) bool    True for real lesions
+    batch["labels"]        (B, L_max) int64   labels, padded with -1
+    batch["lesion_id"]     N values           per-lesion lists (``lesion_keys``) flattened
+    batch["patient_id"]    N values           every other key repeated for each lesion of its scan
+
+So MONAI's decollation of the batch gives one item per lesion, side by side with the network's flat (N, classes)
+output: the engines' postprocessing and the per-lesion writers (which zip outputs with batch items) see every lesion
+with its ``lesion_id`` and ``patient_id``. This needs N >= B, true when every scan has a lesion (every scan of a
+datalist does). The lesion order is scan by scan, in datalist order within a scan: the order of
+``lesion_valid.nonzero()`` and of the one-pass network's flat output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import torch
+from monai.config import KeysCollection
+from monai.data import list_data_collate
+from monai.data.image_reader import ImageReader
+from monai.engines.utils import PrepareBatch
+from monai.transforms import LoadImage, MapTransform
+
+from bundle.data.paths import image_key
+from bundle.errors import PatientFoldError, ProblemsError, ShapeMismatchError
+
+__all__ = [
+    "LESION_VALID_KEY",
+    "LoadLesionMasksd",
+    "PrepareScanBatch",
+    "group_by_scan",
+    "pad_lesions_collate",
+]
+
+#: key that :func:`pad_lesions_collate` adds: (B, L_max) bool, True for real lesions
+LESION_VALID_KEY = "lesion_valid"
+#: value of a padded label
+PADDED_LABEL = -1
+
+
+def group_by_scan(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One item per scan from per-lesion entries (as :func:`bundle.data.datalist.load_split` returns them).
+
+    Scans are in the order of their first lesion, lesions in entry order. Keys: ``image``; ``masks``, ``labels``,
+    ``lesion_id`` and ``mask_file`` (lists, one element per lesion; ``masks`` is replaced by the loaded masks,
+    ``mask_file`` keeps the paths); ``patient_id``, ``fold``, ``tumor_type``, ``lesions_in_image`` from the scan's
+    first lesion (``tumor_type``/``lesions_in_image`` when present).
+
+    Raises:
+        ProblemsError: a scan's lesions disagree on ``patient_id`` or ``fold`` (one :class:`PatientFoldError` each).
+    """
+    groups: dict[str, dict[str, Any]] = {}
+    problems = []
+    for entry in entries:
+        key = image_key(entry["image"])
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = {"image": entry["image"], "masks": [], "labels": [], "lesion_id": [], "mask_file": []}
+            for field in ("patient_id", "fold", "tumor_type", "lesions_in_image"):
+                if field in entry:
+                    group[field] = entry[field]
+        else:
+            for field in ("patient_id", "fold"):
+                if entry.get(field) != group.get(field):
+                    problems.append(
+                        PatientFoldError(
+                            key,
+                            f"lesion_id {entry.get('lesion_id')!r} has {field} {entry.get(field)!r}, other lesions of "
+                            f"this scan {group.get(field)!r}",
+                            "give every lesion of a scan the same patient_id and fold",
+                        )
+                    )
+        group["masks"].append(entry["mask"])
+        group["labels"].append(int(entry["label"]))
+        group["lesion_id"].append(str(entry.get("lesion_id", "")))
+        group["mask_file"].append(entry["mask"])
+    if problems:
+        raise ProblemsError("datalist", problems)
+    return list(groups.values())
+
+
+class LoadLesionMasksd(MapTransform):
+    """Read a list of mask paths into one (L, H, W) float32 tensor, one channel per lesion.
+
+    Each path is read with ``reader`` (the configs' ``image_reader``; ``path#N`` selectors allowed) as
+    ``LoadImaged`` reads a single mask. An empty list gives a (0, H, W) tensor shaped like ``reference_key``.
+
+    Args:
+        keys: keys of the mask lists (``masks``).
+        reader: the image reader (:class:`bundle.data.readers.WholeBodyScanReader`); ``None``: MONAI's choice.
+        reference_key: the already loaded scan whose (H, W) the masks must have.
+        allow_missing_keys: don't raise an exception if a key is missing.
+
+    Raises:
+        ShapeMismatchError: a mask's shape is not the scan's (H, W).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "masks",
+        reader: ImageReader | None = None,
+        reference_key: str = "image",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.loader = LoadImage(reader=reader, image_only=True)
+        self.reference_key = reference_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        shape = tuple(torch.as_tensor(d[self.reference_key]).shape[-2:])
+        for key in self.key_iterator(d):
+            masks = []
+            for path in d[key]:
+                mask = torch.as_tensor(self.loader(path), dtype=torch.float32)
+                if tuple(mask.shape) != shape:
+                    raise ShapeMismatchError(
+                        path,
+                        f"mask of shape {tuple(mask.shape)}, its scan {d.get(self.reference_key)!r} is {shape}",
+                        "draw the mask on the scan in the pipeline's layout (docs/data.md)",
+                    )
+                masks.append(mask)
+            d[key] = torch.stack(masks) if masks else torch.zeros((0, *shape))
+        return d
+
+
+def pad_lesions_collate(
+    batch: Sequence[Mapping[str, Any]],
+    mask_key: str = "masks",
+    label_key: str = "labels",
+    lesion_keys: Sequence[str] = ("lesion_id", "mask_file"),
+) -> dict[str, Any]:
+    """Collate scan items with different lesion counts: per-scan tensors, padded masks and labels, per-lesion rest.
+
+    Args:
+        batch: items with ``mask_key`` (L_i, H, W) (equal H, W) and optionally ``label_key`` (L_i,) (list or tensor).
+        mask_key: key of the masks, collated to (B, L_max, H, W) with empty masks as padding.
+        label_key: key of the labels, collated to (B, L_max) int64 padded with -1.
+        lesion_keys: keys of per-lesion lists (L_i values each), flattened to one list of N values; absent keys are
+            skipped.
+
+    Returns:
+        the collated dict (module docstring): :data:`LESION_VALID_KEY` (B, L_max) bool added; every other key with a
+        tensor or array value collated per scan by MONAI's ``list_data_collate``; every remaining key a list of N
+        values, the scan's value repeated for each of its lesions.
+
+    Raises:
+        ValueError: the masks of the batch differ in (H, W), or an item's labels or per-lesion lists do not have one
+            value per mask.
+    """
+    masks = [torch.as_tensor(item[mask_key]) for item in batch]
+    shapes = {tuple(m.shape[1:]) for m in masks}
+    if len(shapes) != 1 or any(m.ndim != 3 for m in masks):
+        raise ValueError(
+            f"every item's {mask_key!r} must be (L, H, W) with one (H, W), got {[tuple(m.shape) for m in masks]}"
+        )
+    counts = [m.shape[0] for m in masks]
+    l_max = max(counts, default=0)
+    padded = torch.zeros((len(batch), l_max, *shapes.pop()), dtype=torch.float32)
+    valid = torch.zeros((len(batch), l_max), dtype=torch.bool)
+    for i, (m, n) in enumerate(zip(masks, counts, strict=True)):
+        padded[i, :n] = m
+        valid[i, :n] = True
+    collated: dict[str, Any] = {mask_key: padded, LESION_VALID_KEY: valid}
+    handled = {mask_key}
+    if all(label_key in item for item in batch):
+        labels = torch.full((len(batch), l_max), PADDED_LABEL, dtype=torch.int64)
+        for i, (item, n) in enumerate(zip(batch, counts, strict=True)):
+            values = torch.as_tensor(item[label_key], dtype=torch.int64).reshape(-1)
+            if values.numel() != n:
+                raise ValueError(f"item {i} has {values.numel()} labels for {n} masks")
+            labels[i, :n] = values
+        collated[label_key] = labels
+        handled.add(label_key)
+    per_scan = {k for k in batch[0] if k not in handled and hasattr(batch[0][k], "shape")}
+    for key in (k for k in batch[0] if k not in handled | per_scan):
+        values: list[Any] = []
+        for i, (item, n) in enumerate(zip(batch, counts, strict=True)):
+            if key in lesion_keys:
+                if len(item[key]) != n:
+                    raise ValueError(f"item {i} has {len(item[key])} values of {key!r} for {n} masks")
+                values.extend(item[key])
+            else:
+                values.extend([item[key]] * n)
+        collated[key] = values
+    if per_scan:
+        collated.update(list_data_collate([{k: item[k] for k in per_scan} for item in batch]))
+    return collated
+
+
+class PrepareScanBatch(PrepareBatch):
+    """``prepare_batch`` of MONAI's ``SupervisedTrainer``/``SupervisedEvaluator`` for batches of
+    :func:`pad_lesions_collate`: the engine then calls ``network(image, lesion_masks=..., lesion_valid=...)`` and
+    compares its flat (N, num_classes) output with flat one-hot labels (N, num_classes) of the valid lesions.
+
+    Args:
+        num_classes: classes of the one-hot targets.
+        image_key, mask_key, label_key: keys of the collated batch.
+
+    Returns (when called):
+        ``(image (B, 1, H, W), targets (N, num_classes) float or None without labels, (), {"lesion_masks":
+        (B, L_max, H, W), "lesion_valid": (B, L_max)})``, all on ``device``.
+    """
+
+    def __init__(
+        self, num_classes: int = 2, image_key: str = "image", mask_key: str = "masks", label_key: str = "labels"
+    ) -> None:
+        self.num_classes = num_classes
+        self.image_key, self.mask_key, self.label_key = image_key, mask_key, label_key
+
+    def __call__(
+        self,
+        batchdata: dict[str, torch.Tensor],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, tuple, dict[str, torch.Tensor]]:
+        def move(tensor: torch.Tensor) -> torch.Tensor:
+            return torch.as_tensor(tensor).to(device=device, non_blocking=non_blocking, **kwargs)
+
+        valid = batchdata[LESION_VALID_KEY]
+        targets = None
+        if self.label_key in batchdata:
+            labels = torch.as_tensor(batchdata[self.label_key])[valid]
+            targets = move(torch.nn.functional.one_hot(labels, self.num_classes).float())
+        masks = {"lesion_masks": move(batchdata[self.mask_key]), "lesion_valid": move(valid)}
+        return move(batchdata[self.image_key]), targets, (), masks
