@@ -277,3 +277,19 @@ def test_content_datetime_is_used(tmp_path):
         **DEPLOY_LIKE,
     )
     assert (seg.ContentDate, seg.ContentTime, seg.InstanceCreationDate) == ("20220304", "050607", "20220304")
+
+
+@requires_dciodvfy
+def test_seg_of_a_de_identified_source_without_type_2_details(tmp_path):
+    """Exported or de-identified scans may lack type 2 patient/study attributes; the SEG leaves them empty."""
+    anterior, posterior = make_views()
+    source = nm_dataset(anterior, posterior, "P1")
+    for keyword in ("PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "ReferringPhysicianName"):
+        delattr(source, keyword)
+    seg = lesion_segmentation(source, make_masks()[:1], ["a"], algorithm=None, **DEPLOY_LIKE)
+    path = save_dicom(seg, tmp_path / "seg.dcm")
+    assert dciodvfy_errors(path) == []
+    assert pydicom.dcmread(path).PatientName == "" and seg.PatientID == "P1"
+    del source.StudyInstanceUID
+    with pytest.raises(ValueError, match="no StudyInstanceUID; a SEG cannot reference this scan"):
+        lesion_segmentation(source, make_masks()[:1], ["a"], algorithm=None, **DEPLOY_LIKE)

@@ -44,8 +44,9 @@ LESION = Code("52988006", "SCT", "Lesion")
 BONE_STRUCTURE = Code("272673000", "SCT", "Bone structure")
 ARTIFICIAL_INTELLIGENCE = Code("123109", "DCM", "Artificial Intelligence")  # CID 7162 algorithm family
 
-# spatial attributes of a source that highdicom would take for a 3D frame of reference; a planar projection has none
-_SPATIAL_KEYWORDS = (
+# attributes of a source that highdicom would take for a 3D frame of reference (a planar projection has none), and
+# its pixel data (a SEG needs the header only)
+_NOT_FOR_HIGHDICOM = (
     "FrameOfReferenceUID",
     "PositionReferenceIndicator",
     "ImagePositionPatient",
@@ -55,6 +56,19 @@ _SPATIAL_KEYWORDS = (
     "PixelData",
     "FloatPixelData",
     "DoubleFloatPixelData",
+)
+
+# type 2 attributes of the Patient and General Study modules, copied into the SEG (empty when the source lacks them)
+_PATIENT_STUDY_TYPE_2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
 )
 
 
@@ -84,11 +98,16 @@ def stored_frames(sources: Dataset | Sequence[Dataset]) -> list[StoredFrame]:
     """Every stored frame of the scan's dataset(s) with its view and the flips that bring it to the layout.
 
     Raises:
-        ValueError: a frame whose view cannot be resolved, or a view present twice.
+        ValueError: a dataset without its UIDs or size, a frame whose view cannot be resolved, a view present twice,
+            datasets of different studies or sizes.
     """
     datasets = [sources] if isinstance(sources, Dataset) else list(sources)
     if not datasets:
         raise ValueError("lesion_segmentation needs the scan's dataset(s)")
+    for ds in datasets:
+        for keyword in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "Rows", "Columns"):
+            if not ds.get(keyword):
+                raise ValueError(f"{_name(ds)}: no {keyword}; a SEG cannot reference this scan")
     frames = []
     for ds in datasets:
         views, source = frame_views(ds)
@@ -96,7 +115,7 @@ def stored_frames(sources: Dataset | Sequence[Dataset]) -> list[StoredFrame]:
             if view is None:
                 raise ValueError(f"{_name(ds)}: frame {k + 1} has no identifiable view (read from {source})")
             frames.append(StoredFrame(ds, k + 1, view, *orientation_flips(ds, view)))
-    studies = {str(ds.get("StudyInstanceUID", "")) for ds in datasets}
+    studies = {str(ds.StudyInstanceUID) for ds in datasets}
     if len(studies) != 1:
         raise ValueError(f"the scan's datasets belong to {len(studies)} studies; a SEG references one study")
     seen = [f.view for f in frames]
@@ -113,8 +132,11 @@ def _highdicom_source(frame: StoredFrame) -> Dataset:
     reference (same SOP class and instance UIDs, so highdicom's references point at the real file)."""
     proxy = Dataset()
     for element in frame.dataset:
-        if element.keyword not in _SPATIAL_KEYWORDS:
+        if element.keyword not in _NOT_FOR_HIGHDICOM:
             proxy.add(copy.deepcopy(element))
+    for keyword in _PATIENT_STUDY_TYPE_2:  # highdicom reads these; exported or de-identified files may lack them
+        if keyword not in proxy:
+            setattr(proxy, keyword, None)
     proxy.NumberOfFrames = 1
     # highdicom reads a multi-frame source's pixel measures from its shared functional groups (NM has none)
     shared = Dataset()
