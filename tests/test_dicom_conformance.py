@@ -4,6 +4,7 @@ dciodvfy without errors, SEG masks round-trip through WholeBodyScanReader, and h
 from __future__ import annotations
 
 import datetime
+import warnings
 
 import highdicom as hd
 import numpy as np
@@ -293,3 +294,17 @@ def test_seg_of_a_de_identified_source_without_type_2_details(tmp_path):
     del source.StudyInstanceUID
     with pytest.raises(ValueError, match="no StudyInstanceUID; a SEG cannot reference this scan"):
         lesion_segmentation(source, make_masks()[:1], ["a"], algorithm=None, **DEPLOY_LIKE)
+
+
+def test_save_dicom_pydicom_2_branch_writes_the_same_file(tmp_path, monkeypatch):
+    """The pydicom 2.4 way of writing (``write_like_original=False``, encoding set on the dataset) gives the same
+    bytes; pydicom 3 still accepts it, with deprecation warnings. (The MONAI Label environment has pydicom 2.4.)"""
+    import bundle.data.dicom_nm as dicom_nm
+
+    anterior, posterior = make_views()
+    modern = save_dicom(nm_dataset(anterior, posterior, "P1", seed=1), tmp_path / "3.dcm")
+    monkeypatch.setattr(dicom_nm, "PYDICOM_MAJOR", 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        legacy = save_dicom(nm_dataset(anterior, posterior, "P1", seed=1), tmp_path / "2.dcm")
+    assert legacy.read_bytes() == modern.read_bytes()
