@@ -9,7 +9,8 @@ import pytest
 import torch
 from ignite.engine import Events
 from monai.data import DataLoader, Dataset
-from monai.engines import SupervisedTrainer
+from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.handlers import ROCAUC, from_engine
 from monai.transforms import (
     Activationsd,
     AsDiscreted,
@@ -288,3 +289,17 @@ def test_tiny_model_trains_on_phantom(tiny_phantom: Path):
     )
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert last < 0.5 * first, losses
+    # MONAI's evaluator and ROCAUC metric on the flat per-lesion outputs: the fitted batch is separated
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"),
+        val_data_loader=[batch],
+        network=model,
+        prepare_batch=PrepareScanBatch(num_classes=2),
+        inferer=FastInferer(dtype=None, channels_last=False),
+        postprocessing=Activationsd(keys="pred", softmax=True),
+        key_val_metric={"auc": ROCAUC(output_transform=from_engine(["pred", "label"]))},
+    )
+    evaluator.run()
+    assert evaluator.state.metrics["auc"] == 1.0
+    labels = batch["labels"][batch["lesion_valid"]]
+    assert [int(item["label"].argmax()) for item in evaluator.state.output] == labels.tolist()
