@@ -180,9 +180,22 @@ def test_seg_masks_round_trip_through_the_reader(tmp_path, layout):
         read, meta = reader.load(f"{seg}#{number}")  # finds the scan next to the SEG by itself
         np.testing.assert_array_equal(read, mask)
         assert meta["segment_label"] == f"lesion {number}"
-    # the one-segment case (highdicom shares the segment identification across frames)
+    # one segment: each frame still names its segment
     single = write_seg(tmp_path / "masks" / "one.dcm", scans if len(scans) > 1 else scans[0], {1: masks[2]})
+    written = pydicom.dcmread(single)
+    assert [
+        int(i.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        for i in written.PerFrameFunctionalGroupsSequence
+    ] == [1, 1]
     np.testing.assert_array_equal(WholeBodyScanReader(defer_errors=False).load(single)[0], masks[2])
+    # other writers (highdicom itself) put a single segment's identification in the shared functional groups
+    for item in written.PerFrameFunctionalGroupsSequence:
+        del item.SegmentIdentificationSequence
+    identification = Dataset()
+    identification.ReferencedSegmentNumber = 1
+    written.SharedFunctionalGroupsSequence[0].SegmentIdentificationSequence = [identification]
+    shared = save_dicom(written, tmp_path / "masks" / "shared.dcm")
+    np.testing.assert_array_equal(WholeBodyScanReader(defer_errors=False).load(shared)[0], masks[2])
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -197,10 +197,10 @@ def lesion_segmentation(
 ) -> hd.seg.Segmentation:
     """A BINARY DICOM SEG of lesion masks drawn on the pipeline's layout; segment ``k + 1`` is ``masks[k]``.
 
-    Each SEG frame lies on one stored frame of the source(s) and references it; frames where a segment is empty are
-    left out (highdicom's default). Segments are bone lesions: category "Morphologically Abnormal Structure", type
-    "Lesion", anatomic region "Bone structure"; AUTOMATIC with the algorithm's name and version when ``algorithm``
-    is given, else MANUAL.
+    Each SEG frame lies on one stored frame of the source(s) and references it, and names its segment in its own
+    ``SegmentIdentificationSequence`` (also with one segment); frames where a segment is empty are left out.
+    Segments are bone lesions: category "Morphologically Abnormal Structure", type "Lesion", anatomic region "Bone
+    structure"; AUTOMATIC with the algorithm's name and version when ``algorithm`` is given, else MANUAL.
 
     Args:
         sources: the scan: one NM dataset with both views, or one dataset per view (pixel data not needed).
@@ -281,6 +281,13 @@ def lesion_segmentation(
             )
             items.append((int(identification[0].ReferencedSegmentNumber), i, item))
     items.sort(key=lambda entry: entry[:2])
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    if "SegmentIdentificationSequence" in shared:  # one segment: per frame like every other SEG it writes
+        del shared.SegmentIdentificationSequence
+        for number, _, item in items:
+            identification = Dataset()
+            identification.ReferencedSegmentNumber = number
+            item.SegmentIdentificationSequence = [identification]
     seg.PerFrameFunctionalGroupsSequence = [item for *_, item in items]
     seg.NumberOfFrames = len(items)
     bits = np.stack([stacked[i][:, :, number - 1] for number, i, _ in items]).astype(bool)
