@@ -15,7 +15,27 @@ from typing import Any
 
 from monai.bundle import ConfigParser
 
-__all__ = ["read_bundle_config"]
+__all__ = ["as_flag", "read_bundle_config"]
+
+TRUE_WORDS = ("true", "yes", "on", "1")
+FALSE_WORDS = ("false", "no", "off", "0", "")
+
+
+def as_flag(value: Any, name: str = "flag") -> bool:
+    """A config flag as a bool. ``monai.bundle`` reads command-line values with python-fire, which keeps ``--amp false``
+    as the *string* ``'false'`` (truthy); configs read their flags through this, so ``false``/``False``/``0``/``no``
+    all switch a flag off.
+
+    Raises:
+        ValueError: a value that is not a yes/no word, naming the setting.
+    """
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in TRUE_WORDS + FALSE_WORDS:
+        return value.strip().lower() in TRUE_WORDS
+    raise ValueError(f"--{name} must be true or false, got {value!r}")
 
 
 def read_bundle_config(

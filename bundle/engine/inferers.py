@@ -11,6 +11,8 @@ import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 
+from bundle.engine.configs import as_flag
+
 
 @functools.cache
 def cpu_has_native_bf16() -> bool:
@@ -32,7 +34,7 @@ def autocast_dtype(device: torch.device | str, enabled: bool = True) -> torch.dt
     bfloat16 on CUDA GPUs that support it and on CPUs that compute it in hardware (bf16 needs no loss scaling);
     ``None`` elsewhere (older GPUs use MONAI's fp16 ``amp`` with a GradScaler instead, see ``train.yaml``).
     """
-    if not enabled:
+    if not as_flag(enabled, "amp"):
         return None
     device = torch.device(device)
     if device.type == "cuda":
@@ -56,7 +58,7 @@ class FastInferer(Inferer):
     def __init__(self, dtype: torch.dtype | None = None, channels_last: bool = True) -> None:
         super().__init__()
         self.dtype = dtype
-        self.channels_last = channels_last
+        self.channels_last = as_flag(channels_last, "channels_last")
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any):
         if isinstance(inputs, MetaTensor):
@@ -71,4 +73,4 @@ class FastInferer(Inferer):
 def prepare_network(network: torch.nn.Module, device: torch.device | str, channels_last: bool = True):
     """Move ``network`` to ``device`` (in channels_last memory format when asked) and return it."""
     network = network.to(device)
-    return network.to(memory_format=torch.channels_last) if channels_last else network
+    return network.to(memory_format=torch.channels_last) if as_flag(channels_last, "channels_last") else network
