@@ -245,7 +245,9 @@ class WholeScanReader:
         spacing = meta.get("affine")
         spacing = (abs(float(spacing[0][0])), abs(float(spacing[1][1]))) if spacing is not None else None
         pixel_mm = self.pixel_mm or pixel_size_mm(array.shape, spacing)
+        loaded_at = time.perf_counter()
         regions = check_region_map(self.segmenter(array), array.shape, f"{source} (region map)")
+        regions_at = time.perf_counter()
         if lesion_masks is None:
             hotspots = self.detector(array, regions, pixel_mm)
         else:
@@ -255,10 +257,18 @@ class WholeScanReader:
         save_layout_nifti(label_file, hotspots.labels.astype(np.int16))
         ids = [r["hotspot_id"] for r in hotspots.records]
         mask_refs = list(lesion_masks) if lesion_masks is not None else [f"{label_file}#{k}" for k in ids]
+        lesions_at = time.perf_counter()
         probabilities = self.classify(scan, mask_refs) if ids else []
+        classified_at = time.perf_counter()
         result = self._summarise(source, scan_name(scan), hotspots, regions, probabilities, meta)
         result["lesions_source"] = "detected" if lesion_masks is None else "outlined"
         result["seconds"] = round(time.perf_counter() - started, 3)
+        result["seconds_by_stage"] = {
+            "load": round(loaded_at - started, 3),
+            "regions": round(regions_at - loaded_at, 3),
+            "lesions": round(lesions_at - regions_at, 3),
+            "classify": round(classified_at - lesions_at, 3),
+        }
         return ScanRead(array, meta, regions, hotspots, probabilities, result)
 
     def read_scan(self, scan: str | Sequence[str], loaded: tuple[np.ndarray, dict] | None = None) -> dict[str, Any]:
@@ -450,20 +460,36 @@ def render_read_png(
 
     height, width = scan.shape
     fig, ax = plt.subplots(figsize=(7, 7 * height / width + 0.5), dpi=110)
-    vmax = float(np.percentile(scan[scan > 0], 99.5)) if (scan > 0).any() else 1.0
-    ax.imshow(scan, cmap="gray_r", vmin=0, vmax=vmax, interpolation="nearest")
-    ax.imshow(np.ma.masked_equal(regions, 0), cmap="tab20", alpha=0.18, interpolation="nearest", vmin=0, vmax=22)
-    for record, p in zip(hotspots.records, probabilities, strict=True):
-        k = record["hotspot_id"]
-        colour = "#d62728" if p >= threshold else "#1f77b4"
-        ax.contour(hotspots.labels == k, levels=[0.5], colors=[colour], linewidths=0.8)
-        for offset in (0, width // 2):
-            ax.text(record["centre_col"] + offset + 4, record["centre_row"], str(k), color=colour, fontsize=6)
+    draw_read(ax, scan, regions, hotspots, probabilities, threshold)
     ax.set_title(
         f"{result['name']}: BSI {result['bsi']:.2f}%  P(patient) {result['patient_probability']:.2f}  "
         f"{result['malignant_hotspots']}/{result['hotspots_total']} malignant",
         fontsize=8,
     )
-    ax.set_axis_off()
     atomic_save_figure(path, fig)
     plt.close(fig)
+
+
+def draw_read(
+    ax: Any,
+    scan: np.ndarray,
+    regions: np.ndarray | None,
+    hotspots: HotSpots,
+    probabilities: Sequence[float],
+    threshold: float,
+    fontsize: float = 6,
+) -> None:
+    """Draw a read on a matplotlib axis: the scan (H, W) in inverted grey, the region map faintly (unless ``None``),
+    each lesion's outline coloured by class (red malignant, blue benign) and numbered in both views."""
+    width = scan.shape[1]
+    vmax = float(np.percentile(scan[scan > 0], 99.5)) if (scan > 0).any() else 1.0
+    ax.imshow(scan, cmap="gray_r", vmin=0, vmax=vmax, interpolation="nearest")
+    if regions is not None:
+        ax.imshow(np.ma.masked_equal(regions, 0), cmap="tab20", alpha=0.18, interpolation="nearest", vmin=0, vmax=22)
+    for record, p in zip(hotspots.records, probabilities, strict=True):
+        k = record["hotspot_id"]
+        colour = "#d62728" if p >= threshold else "#1f77b4"
+        ax.contour(hotspots.labels == k, levels=[0.5], colors=[colour], linewidths=0.8)
+        for offset in (0, width // 2):
+            ax.text(record["centre_col"] + offset + 4, record["centre_row"], str(k), color=colour, fontsize=fontsize)
+    ax.set_axis_off()
