@@ -27,6 +27,7 @@ from bundle.data.datalist import load_split
 from bundle.data.lesion_groups import LoadLesionMasksd, PrepareScanBatch, group_by_scan, pad_lesions_collate
 from bundle.data.readers import WholeBodyScanReader
 from bundle.engine.inferers import FastInferer
+from bundle.engine.writers import LesionWriter
 from bundle.nets import NETWORKS
 from bundle.nets.onepass import (
     BACKBONES,
@@ -299,7 +300,21 @@ def test_tiny_model_trains_on_phantom(tiny_phantom: Path):
         postprocessing=Activationsd(keys="pred", softmax=True),
         key_val_metric={"auc": ROCAUC(output_transform=from_engine(["pred", "label"]))},
     )
+    writer = RecordingWriter(tiny_phantom)  # the per-lesion writers' base: zips outputs with batch items, strictly
+    writer.attach(evaluator)
     evaluator.run()
     assert evaluator.state.metrics["auc"] == 1.0
     labels = batch["labels"][batch["lesion_valid"]]
     assert [int(item["label"].argmax()) for item in evaluator.state.output] == labels.tolist()
+    # one record per lesion, each with its own lesion_id, patient_id and P(malignant)
+    assert [r["lesion_id"] for r in writer.written] == batch["lesion_id"]
+    assert [r["patient_id"] for r in writer.written] == [s["patient_id"] for s in scans for _ in s["lesion_id"]]
+    probabilities = [float(item["pred"][1]) for item in evaluator.state.output]
+    assert [r["probability"] for r in writer.written] == pytest.approx(probabilities)
+
+
+class RecordingWriter(LesionWriter):
+    """A per-lesion writer that keeps its records instead of writing files."""
+
+    def write(self, records, engine) -> None:
+        self.written = list(records)
