@@ -98,6 +98,8 @@ def test_pad_lesions_collate_shapes_padding_and_per_lesion_keys():
     assert batch["lesion_id"] == [f"A_L{k}" for k in range(3)] + [f"C_L{k}" for k in range(12)]
     assert batch["patient_id"] == ["A"] * 3 + ["C"] * 12
     assert batch["fold"] == [3] * 15
+    # a 0-d tensor is a per-scan value too: repeated per lesion
+    assert pad_lesions_collate([{**scan_item(2), "weight": torch.tensor(0.5)}])["weight"] == [torch.tensor(0.5)] * 2
     # decollated: one item per lesion; the scan tensor only on the first B items
     items = decollate_batch(batch)
     assert len(items) == 15
@@ -163,5 +165,7 @@ def test_masks_of_a_phantom_scan_load_as_lesion_channels(tiny_phantom: Path):
     # no masks: (0, H, W) of the scan's size; a mask of another size is refused, naming it
     empty = LoadLesionMasksd(reader=reader)({"image": np.zeros((1, 256, 128)), "masks": []})
     assert empty["masks"].shape == (0, 256, 128)
+    with pytest.raises(ValueError, match="load it before the masks"):
+        LoadLesionMasksd(reader=reader)({"image": "scan.nii.gz", "masks": []})
     with pytest.raises(ShapeMismatchError, match=scan["mask_file"][0].replace(".", r"\.")):
         LoadLesionMasksd(reader=reader)({"image": np.zeros((1, 128, 64)), "masks": scan["masks"][:1]})

@@ -213,6 +213,13 @@ def test_feature_extractor_stages_and_errors():
         maps = extractor(torch.zeros(1, 1, 128, 64))
     assert [tuple(m.shape) for m in maps] == [(1, 128, 16, 8), (1, 512, 4, 2)]
     assert set(BACKBONES) >= {"resnet50", "densenet169", "vgg16"}
+    shallow = OnePassLesionClassifier("resnet10", stages=("layer1", "layer2"), hidden_channels=8)
+    assert not hasattr(shallow.backbone.body, "layer3") and not hasattr(shallow.backbone.body, "layer4")
+    image, masks, valid = lesion_batch([2])
+    nn.functional.cross_entropy(shallow(image, masks, valid), torch.tensor([0, 1])).backward()
+    assert all(p.grad is not None for p in shallow.parameters())  # none unused (DistributedDataParallel needs it)
+    vgg = FeatureExtractor("vgg16", stages=("features.15",))
+    assert len(vgg.body.features) == 16 and not hasattr(vgg.body, "classifier")
     with pytest.raises(ValueError, match="unknown one-pass backbone 'inception_v3'"):
         FeatureExtractor("inception_v3")
     with pytest.raises(ValueError, match="stages"):

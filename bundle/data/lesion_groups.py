@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import list_data_collate
@@ -126,7 +127,13 @@ class LoadLesionMasksd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        shape = tuple(torch.as_tensor(d[self.reference_key]).shape[-2:])
+        reference = d[self.reference_key]
+        if not is_array(reference) or reference.ndim < 2:
+            raise ValueError(
+                f"{self.reference_key!r} must be the loaded scan, an array (..., H, W), not "
+                f"{type(reference).__name__}: load it before the masks"
+            )
+        shape = tuple(reference.shape[-2:])
         for key in self.key_iterator(d):
             masks = []
             for path in d[key]:
@@ -140,6 +147,11 @@ class LoadLesionMasksd(MapTransform):
                 masks.append(mask)
             d[key] = torch.stack(masks) if masks else torch.zeros((0, *shape))
         return d
+
+
+def is_array(value: Any) -> bool:
+    """Whether ``value`` is a tensor or numpy array of at least one dimension (collated per scan)."""
+    return isinstance(value, torch.Tensor | np.ndarray) and value.ndim >= 1
 
 
 def pad_lesions_collate(
@@ -158,9 +170,9 @@ def pad_lesions_collate(
             skipped.
 
     Returns:
-        the collated dict (module docstring): :data:`LESION_VALID_KEY` (B, L_max) bool added; every other key with a
-        tensor or array value collated per scan by MONAI's ``list_data_collate``; every remaining key a list of N
-        values, the scan's value repeated for each of its lesions.
+        the collated dict (module docstring): :data:`LESION_VALID_KEY` (B, L_max) bool added; every other key whose
+        value is a tensor or array of >= 1 dimension collated per scan by MONAI's ``list_data_collate``; every
+        remaining key a list of N values, the scan's value repeated for each of its lesions.
 
     Raises:
         ValueError: the masks of the batch differ in (H, W), or an item's labels or per-lesion lists do not have one
@@ -190,7 +202,7 @@ def pad_lesions_collate(
             labels[i, :n] = values
         collated[label_key] = labels
         handled.add(label_key)
-    per_scan = {k for k in batch[0] if k not in handled and hasattr(batch[0][k], "shape")}
+    per_scan = {k for k in batch[0] if k not in handled and is_array(batch[0][k])}
     for key in (k for k in batch[0] if k not in handled | per_scan):
         values: list[Any] = []
         for i, (item, n) in enumerate(zip(batch, counts, strict=True)):

@@ -90,7 +90,7 @@ _DENSENET_PATH = (
     *(f"features.{part}{i}" for i in (1, 2, 3) for part in ("denseblock", "transition")),
     *("features.denseblock4", "features.norm5"),
 )
-# torchvision VGG16 features: the ReLUs before the 3rd, 4th and 5th max pool (strides 4, 8, 16); the last pool unused
+# torchvision VGG16 features: the ReLUs before the 3rd, 4th and 5th max pool (strides 4, 8, 16); the last pool removed
 _VGG_PATH = tuple(f"features.{i}" for i in range(30))
 
 BACKBONES: Mapping[str, BackboneSpec] = MappingProxyType(
@@ -117,7 +117,7 @@ BACKBONES: Mapping[str, BackboneSpec] = MappingProxyType(
             build=lambda c: NETWORKS["vgg16"].build(c, 2),
             path=_VGG_PATH,
             stages=("features.15", "features.22", "features.29"),
-            head=("avgpool", "classifier"),
+            head=("avgpool", "classifier", "features.30"),
             weights_name="vgg16",
         ),
     }
@@ -147,7 +147,8 @@ def masked_average_pool(feature_map: torch.Tensor, masks: torch.Tensor, eps: flo
 class FeatureExtractor(nn.Module):
     """A classifier of :data:`BACKBONES` without its head, returning the feature maps of ``stages``.
 
-    Parameter names are the classifier's under ``body.`` (``body.conv1.weight``, ...).
+    Parameter names are the classifier's under ``body.`` (``body.conv1.weight``, ...); the head and the modules after
+    the last of ``stages`` are removed.
 
     Args:
         name: a key of :data:`BACKBONES`.
@@ -180,11 +181,13 @@ class FeatureExtractor(nn.Module):
             if spec.weights_name is None:
                 raise ValueError(f"backbone {name!r} has no pretrained-weights format")
             body = load_weights(body, spec.weights_name, pretrained_weights)
-        for head in spec.head:
-            delattr(body, head)
-        self.body = body
         last = max(spec.path.index(s) for s in self.stages)
         self.path = spec.path[: last + 1]
+        # the head and the modules after the last pooled stage are removed: no parameter is left unused
+        for name in (*spec.head, *spec.path[last + 1 :]):
+            parent, _, child = name.rpartition(".")
+            delattr(body.get_submodule(parent), child)
+        self.body = body
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, in_channels, H, W) -> the feature maps of ``stages``, each (B, C_s, H / stride_s, W / stride_s)."""
