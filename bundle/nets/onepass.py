@@ -184,13 +184,14 @@ class FeatureExtractor(nn.Module):
         last = max(spec.path.index(s) for s in self.stages)
         self.path = spec.path[: last + 1]
         # the head and the modules after the last pooled stage are removed: no parameter is left unused
-        for name in (*spec.head, *spec.path[last + 1 :]):
-            parent, _, child = name.rpartition(".")
+        for module_name in (*spec.head, *spec.path[last + 1 :]):
+            parent, _, child = module_name.rpartition(".")
             delattr(body.get_submodule(parent), child)
         self.body = body
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(B, in_channels, H, W) -> the feature maps of ``stages``, each (B, C_s, H / stride_s, W / stride_s)."""
+        """(B, in_channels, H, W) -> the feature maps of ``stages`` in ``path`` order, each (B, C_s, H/s, W/s) at the
+        stage's stride s."""
         maps = []
         for name in self.path:
             x = self.body.get_submodule(name)(x)
