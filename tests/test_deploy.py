@@ -1,8 +1,8 @@
 """The MONAI Deploy application (bundle/deploy): phantom DICOM studies in, DICOM SR / SEG / encapsulated PDF out.
 
 One run of ``python -m bundle.deploy`` (from a folder outside the bundle) over an input folder holding: study A (an
-NM scan and a DICOM SEG of its lesions), study B (an NM scan alone: the full read), study C (a CT series only) and a
-corrupt file; the tests below check that run's outputs.
+NM scan and a DICOM SEG of its lesions), study B (an NM scan alone, as two single-view files: the full read),
+study C (a CT series only) and a corrupt file; the tests below check that run's outputs.
 """
 
 from __future__ import annotations
@@ -76,7 +76,9 @@ def deploy_run(tmp_path_factory, phantom_dir):
     write_seg(inbox / "A" / "seg.dcm", nm_a, masks, seed=31)
     # study B: the scan alone
     scan_b = reader.get_data(reader.read(str(phantom_dir / "images" / "P00004.nii.gz")))[0]
-    write_nm_whole_body(inbox / "B" / "nm.dcm", scan_b[:, :half], scan_b[:, half:][:, ::-1], "PB", seed=32)
+    # (as two single-view files of one series, as some cameras export)
+    write_nm_whole_body(inbox / "B" / "nm.dcm", scan_b[:, :half], None, "PB", seed=32)
+    write_nm_whole_body(inbox / "B" / "nm_post.dcm", None, scan_b[:, half:][:, ::-1], "PB", seed=32)
     # study C: a CT series only; and a corrupt file (a cut copy of study B's scan)
     ct = nm_dataset(scan_b[:, :half], None, "PC", seed=33, modality="CT", image_type=("ORIGINAL", "PRIMARY", "AXIAL"))
     (inbox / "C").mkdir()
@@ -117,6 +119,7 @@ def test_one_sr_seg_and_pdf_per_study_and_ct_or_corrupt_skipped(deploy_run):
     b = json.loads((studies[uid["B"]] / "result.json").read_text())
     assert a["lesions_source"] == "SEG" and len(a["lesions"]) == len(deploy_run["masks"])
     assert b["lesions_source"] == "detected" and b["regions_source"] == "atlas"
+    assert len(b["sop_instance_uids"]) == 2 and len(b["lesions"]) > 0
     assert set(a["seconds"]) == {"load", "read", "classify", "write"}
 
 
@@ -167,6 +170,13 @@ def test_sr_references_and_probabilities_equal_the_bundle_inference(deploy_run, 
         )
         segment = seg.PerFrameFunctionalGroupsSequence[frame - 1].SegmentIdentificationSequence[0]
         assert int(segment.ReferencedSegmentNumber) == k
+        derived_from = seg.PerFrameFunctionalGroupsSequence[frame - 1].DerivationImageSequence[0].SourceImageSequence[0]
+        (nm_frame,) = [
+            int(r.ReferencedFrameNumber)
+            for r in findings[f"lesion {k}"]["refs"]
+            if r.ReferencedSOPInstanceUID == nm.SOPInstanceUID
+        ]
+        assert nm_frame == int(derived_from.ReferencedFrameNumber) in (1, 2)
     # the bundle's own inference on the same scan and the input SEG's segments
     entries = [
         {"image": str(deploy_run["in"] / "A" / "nm.dcm"), "mask": f"{deploy_run['in'] / 'A' / 'seg.dcm'}#{k}",
@@ -189,6 +199,8 @@ def test_sr_references_and_probabilities_equal_the_bundle_inference(deploy_run, 
         expected_class = "Malignant (suspicious for metastasis)" if p_sr >= 0.5 else "Benign"
         assert findings[f"lesion {k}"]["code"]["Bone lesion classification"] == expected_class
     patient = findings["patient"]
+    expected_call = "Positive" if max(inferred.values()) >= 0.5 else "Negative"
+    assert patient["code"]["Patient-level call"] == f"{expected_call} for bone metastasis"
     assert patient["num"]["Bone Scan Index"] == pytest.approx(result["bsi"], abs=1e-6)
     assert patient["num"]["Patient-level probability of bone metastasis"] == pytest.approx(
         max(inferred.values()), abs=1e-5

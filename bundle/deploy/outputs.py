@@ -57,6 +57,8 @@ CLASS_BENIGN = Code("benign", PRIVATE_SCHEME, "Benign")
 CONCEPT_P_MALIGNANT = Code("p-malignant", PRIVATE_SCHEME, "Probability of malignancy")
 CONCEPT_PATIENT_P = Code("patient-p-malignant", PRIVATE_SCHEME, "Patient-level probability of bone metastasis")
 CONCEPT_PATIENT_CALL = Code("patient-call", PRIVATE_SCHEME, "Patient-level call")
+CALL_POSITIVE = Code("positive", PRIVATE_SCHEME, "Positive for bone metastasis")
+CALL_NEGATIVE = Code("negative", PRIVATE_SCHEME, "Negative for bone metastasis")
 CONCEPT_BSI = Code("bsi", PRIVATE_SCHEME, "Bone Scan Index")
 CONCEPT_AREA = Code("42798000", "SCT", "Area")
 UNIT_NONE = Code("1", "UCUM", "no units")
@@ -163,11 +165,26 @@ def build_seg(result: StudyResult, series_number: int = 901) -> hd.seg.Segmentat
     )
 
 
-def _segment_frame(seg: Dataset, segment_number: int) -> int:
-    """The first SEG frame (1-based) of a segment."""
+def _segmentation_frame(seg: Dataset, segment_number: int) -> hd.sr.ReferencedSegmentationFrame:
+    """The first SEG frame of a segment, with the NM frame it was drawn on as its source image.
+
+    Built by hand: highdicom's ``ReferencedSegmentationFrame.from_segmentation`` (0.28) gives the source image the
+    *SEG's* frame number instead of the source frame its ``DerivationImageSequence`` names.
+    """
     for index, item in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1):
-        if int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber) == segment_number:
-            return index
+        if int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber) != segment_number:
+            continue
+        source = item.DerivationImageSequence[0].SourceImageSequence[0]
+        frame = source.get("ReferencedFrameNumber")
+        return hd.sr.ReferencedSegmentationFrame(
+            sop_class_uid=seg.SOPClassUID,
+            sop_instance_uid=seg.SOPInstanceUID,
+            frame_number=index,
+            segment_number=segment_number,
+            source_image=hd.sr.SourceImageForSegmentation(
+                source.ReferencedSOPClassUID, source.ReferencedSOPInstanceUID, [int(frame)] if frame else None
+            ),
+        )
     raise ValueError(f"segment {segment_number} has no frame in the SEG")
 
 
@@ -184,9 +201,7 @@ def build_sr(
         number = row["lesion"]
         referenced_segment = None
         if seg is not None:
-            referenced_segment = hd.sr.ReferencedSegmentationFrame.from_segmentation(
-                seg, frame_number=_segment_frame(seg, number), segment_number=number
-            )
+            referenced_segment = _segmentation_frame(seg, number)
         site = REGION_CODES.get(row["region"])
         measurements = [
             hd.sr.Measurement(name=CONCEPT_AREA, value=float(row["area_mm2"]), unit=UNIT_MM2, algorithm_id=algorithm),
@@ -223,7 +238,7 @@ def build_sr(
             ],
             qualitative_evaluations=[
                 hd.sr.QualitativeEvaluation(
-                    CONCEPT_PATIENT_CALL, CLASS_MALIGNANT if read["patient_call"] else CLASS_BENIGN
+                    CONCEPT_PATIENT_CALL, CALL_POSITIVE if read["patient_call"] else CALL_NEGATIVE
                 )
             ],
         )
