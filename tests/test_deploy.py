@@ -267,3 +267,25 @@ def test_rules_file_selects_nm_whole_body():
     rules = json.loads((REPO_ROOT / "bundle" / "deploy" / "series_rules.json").read_text())
     (selection,) = rules["selections"]
     assert selection["conditions"]["ImageType"] == ["WHOLE BODY"] and "NM" in selection["conditions"]["Modality"]
+
+
+@pytest.mark.integration
+def test_torchscript_model_gives_the_checkpoint_s_probabilities(deploy_run, tmp_path):
+    """A model folder with model.ts (TorchScript) instead of model.pt: same preprocessing, same probabilities."""
+    import torch
+
+    from bundle.deploy.study import StudyAnalyser
+
+    net = save_seeded_resnet50(tmp_path / "unused.pt")
+    folder = tmp_path / "ts_model"
+    folder.mkdir()
+    torch.jit.trace(net, torch.zeros(1, 2, 64, 32)).save(str(folder / "model.ts"))
+    (folder / "settings.json").write_text(json.dumps(SETTINGS))
+    analyser = StudyAnalyser(REPO_ROOT, folder, tmp_path / "work")
+    inbox = deploy_run["in"] / "A"
+    result = analyser.analyse([str(inbox / "nm.dcm")], str(inbox / "seg.dcm"))
+    assert result.model["weights"].endswith("model.ts")
+    expected = json.loads((deploy_run["studies"][deploy_run["uid"]["A"]] / "result.json").read_text())
+    assert [round(p, 6) for p in result.probabilities] == pytest.approx(
+        [row["p_malignant"] for row in expected["lesions"]], abs=1e-5
+    )
