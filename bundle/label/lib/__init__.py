@@ -1,0 +1,1 @@
+"""Tasks of the annotation app (bundle/label): proposals, classification, training."""
