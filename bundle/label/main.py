@@ -11,7 +11,7 @@ Settings (``--conf KEY VALUE``):
 
 - ``checkpoint``: the classifier's weights to start from (default ``<bundle>/models/model.pt``);
 - ``model_dir``: where trained models and training runs go (default ``<studies>/.bundle_label``);
-- ``proposal_threshold``: the detector's threshold for proposals, x normal bone (default 1.3, docs/label.md);
+- ``proposal_threshold``: the detector's threshold for proposals, x normal bone (default 1.2, docs/label.md);
 - ``spatial_size`` (e.g. ``[128,64]``), ``network_name``: those the model was trained with (default train.yaml's);
 - ``bundle_root``: the bundle folder (default: the folder two levels above this app);
 - ``skip_trainers``: ``true`` to serve without the train task.
