@@ -3,7 +3,7 @@
 The datalist has one entry per lesion (:mod:`bundle.data.datalist`). :func:`group_by_scan` turns the entries of a split
 into one item per scan::
 
-    {"image": "/data/images/P0001.nii.gz",
+    {"image": "/data/images/P0001.nii.gz", "scan": "/data/images/P0001.nii.gz",
      "masks": ["/data/masks/P0001_L01.nii.gz", ...], "labels": [1, 0, ...],
      "lesion_id": ["P0001_L01", ...], "mask_file": ["/data/masks/P0001_L01.nii.gz", ...],
      "patient_id": "P0001", "fold": 3, "tumor_type": "lung", "lesions_in_image": 4}
@@ -44,10 +44,13 @@ from bundle.data.paths import image_key
 from bundle.errors import PatientFoldError, ProblemsError, ShapeMismatchError
 
 __all__ = [
+    "LESION_MODES",
     "LESION_VALID_KEY",
     "LoadLesionMasksd",
     "PrepareScanBatch",
     "group_by_scan",
+    "is_scan_mode",
+    "items_for_mode",
     "pad_lesions_collate",
 ]
 
@@ -55,6 +58,36 @@ __all__ = [
 LESION_VALID_KEY = "lesion_valid"
 #: value of a padded label
 PADDED_LABEL = -1
+#: the configs' ``lesion_mode``: one sample per lesion (the paper's) or one sample per scan (bundle.nets.onepass)
+LESION_MODES = ("lesion", "scan")
+
+
+def is_scan_mode(lesion_mode: str) -> bool:
+    """Whether the configs' ``lesion_mode`` is ``"scan"`` (one item per scan) rather than ``"lesion"`` (the paper's).
+
+    Raises:
+        ValueError: any other value, naming the setting and the valid ones.
+    """
+    if lesion_mode not in LESION_MODES:
+        raise ValueError(
+            f"--lesion_mode must be 'lesion' (one network pass per lesion, the paper's) or 'scan' (one pass per scan, "
+            f"every lesion classified from its mask), got {lesion_mode!r}"
+        )
+    return lesion_mode == "scan"
+
+
+def items_for_mode(entries: Sequence[Mapping[str, Any]], lesion_mode: str) -> Sequence[Mapping[str, Any]]:
+    """The items of a split for ``lesion_mode``: ``entries`` themselves (``"lesion"``, one per lesion), or
+    :func:`group_by_scan` of them (``"scan"``), each with a ``scan`` string (the entries' own, else the image path or
+    a two-file scan's paths joined by " + ", as the inference writer's ``scan`` column). Raises ValueError on another
+    mode."""
+    if not is_scan_mode(lesion_mode):
+        return entries
+    scans = group_by_scan(entries)
+    for scan in scans:
+        image = scan["image"]
+        scan.setdefault("scan", image if isinstance(image, str) else " + ".join(map(str, image)))
+    return scans
 
 
 def group_by_scan(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -62,8 +95,8 @@ def group_by_scan(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
     Scans are in the order of their first lesion, lesions in entry order. Keys: ``image``; ``masks``, ``labels``,
     ``lesion_id`` and ``mask_file`` (lists, one element per lesion; ``masks`` is replaced by the loaded masks,
-    ``mask_file`` keeps the paths); ``patient_id``, ``fold``, ``tumor_type``, ``lesions_in_image`` from the scan's
-    first lesion (``tumor_type``/``lesions_in_image`` when present).
+    ``mask_file`` keeps the paths); ``patient_id``, ``fold``, ``tumor_type``, ``lesions_in_image``, ``scan`` from the
+    scan's first lesion (``tumor_type``/``lesions_in_image``/``scan`` when present).
 
     Raises:
         ProblemsError: a scan's lesions disagree on ``patient_id`` or ``fold`` (one :class:`PatientFoldError` each).
@@ -75,7 +108,7 @@ def group_by_scan(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         group = groups.get(key)
         if group is None:
             group = groups[key] = {"image": entry["image"], "masks": [], "labels": [], "lesion_id": [], "mask_file": []}
-            for field in ("patient_id", "fold", "tumor_type", "lesions_in_image"):
+            for field in ("patient_id", "fold", "tumor_type", "lesions_in_image", "scan"):
                 if field in entry:
                     group[field] = entry[field]
         else:
