@@ -3,7 +3,7 @@
 #
 #   bash scripts/setup_label.sh            # then: .venv-label/bin/monailabel start_server --app ... --studies ...
 #
-# Idempotent: a complete environment is detected in about a second and left as it is; an incomplete one is completed.
+# Idempotent: a complete environment is detected in about ten seconds and left as it is; an incomplete one is completed.
 # Override the folder with LABEL_VENV=/path and the base interpreter with PYTHON=/path/to/python3.
 #
 # Why a separate environment, and what is in it:
