@@ -81,6 +81,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$BASE_PYTHON" -m venv --system-site-packages "$VENV"
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+PIP_INSTALL_FLAGS=(--no-warn-conflicts)  # monailabel declares sam2, numpymaxflow, ninja, left out on purpose (above)
 
 # Never replace the base interpreter's torch or numpy: pin them to the installed versions for every install below.
 CONSTRAINTS="$VENV/label-constraints.txt"
@@ -94,23 +95,23 @@ for name in ("torch", "numpy", "monai", "scipy", "scikit-learn", "itk", "nibabel
         pass
 PYPINS
 
-"${PIP[@]}" install --no-deps "monailabel==$MONAILABEL_VERSION"
+"${PIP[@]}" install "${PIP_INSTALL_FLAGS[@]}" --no-deps "monailabel==$MONAILABEL_VERSION"
 # monai-deploy-app-sdk (a bundle requirement) installs into the base's monai/deploy/, which `import monai` loads and
 # which needs pydicom 3; the same monai version installed into the venv (a ~3 MB wheel, no dependencies) shadows the
 # base's monai folder, so `import monai` in the venv does not see monai/deploy.
 if "$VENV/bin/python" -c "import importlib.util, os, sys
 monai_folder = importlib.util.find_spec('monai').submodule_search_locations[0]  # found, not imported
 sys.exit(0 if os.path.isdir(os.path.join(monai_folder, 'deploy')) else 1)"; then
-  "${PIP[@]}" install --no-deps --ignore-installed "$(grep '^monai==' "$CONSTRAINTS")"
+  "${PIP[@]}" install "${PIP_INSTALL_FLAGS[@]}" --no-deps --ignore-installed "$(grep '^monai==' "$CONSTRAINTS")"
 fi
-"${PIP[@]}" install -c "$CONSTRAINTS" "${LIGHT_REQUIREMENTS[@]}"
-"${PIP[@]}" install --no-deps "pydicom-seg==0.4.1"
+"${PIP[@]}" install "${PIP_INSTALL_FLAGS[@]}" -c "$CONSTRAINTS" "${LIGHT_REQUIREMENTS[@]}"
+"${PIP[@]}" install "${PIP_INSTALL_FLAGS[@]}" --no-deps "pydicom-seg==0.4.1"
 
 # torchvision: the registry's build when the base torch is a CUDA build, else the stub (see the header).
 if ! "$VENV/bin/python" -c "import torchvision.utils" >/dev/null 2>&1; then
   if "$VENV/bin/python" -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)"; then
     TORCH_VERSION="$("$VENV/bin/python" -c "import torch; print(torch.__version__.split('+')[0])")"
-    "${PIP[@]}" install -c "$CONSTRAINTS" "torch==$TORCH_VERSION" torchvision
+    "${PIP[@]}" install "${PIP_INSTALL_FLAGS[@]}" -c "$CONSTRAINTS" "torch==$TORCH_VERSION" torchvision
   else
     STUB_SRC="$(mktemp -d)"
     trap 'rm -rf "$STUB_SRC"' EXIT
@@ -151,14 +152,14 @@ def _unavailable(*args: object, **kwargs: object) -> None:
 make_grid = _unavailable
 save_image = _unavailable
 PY
-    "${PIP[@]}" install --no-deps "$STUB_SRC"
+    "${PIP[@]}" install "${PIP_INSTALL_FLAGS[@]}" --no-deps "$STUB_SRC"
   fi
 fi
 
 # The bundle itself: the base interpreter's editable install is visible through --system-site-packages; otherwise
 # install it (editable, no dependencies: they come from the base interpreter).
 if ! "$VENV/bin/python" -c "import bundle.engine.inference" >/dev/null 2>&1; then
-  "${PIP[@]}" install --no-deps -e "$BUNDLE_ROOT"
+  "${PIP[@]}" install "${PIP_INSTALL_FLAGS[@]}" --no-deps -e "$BUNDLE_ROOT"
 fi
 
 if ! check_environment; then

@@ -25,6 +25,8 @@ from tests.conftest import REPO_ROOT, run_bundle, save_seeded_resnet50
 
 requests = pytest.importorskip("requests")
 
+pytestmark = pytest.mark.integration
+
 LABEL_VENV = REPO_ROOT / ".venv-label"
 STOCK_MODEL = "bone_scan_lesion_classification"
 SERVER_START_TIMEOUT_S = 180
