@@ -377,8 +377,8 @@ def test_malformed_requests_get_4xx_and_the_server_keeps_serving(
 def test_training_from_final_labels_is_used_by_the_next_infer(
     annotation_server: tuple[str, Path], phantom_dir: Path
 ) -> None:
-    """Final labels with per-lesion classes (REST, as docs/label.md shows) -> a short train request writes
-    model_dir/model.pt -> the next classification uses it (named in the answer, other probabilities)."""
+    """Final labels with per-lesion classes (REST, and Slicer's label_info for one scan; docs/label.md) -> a short
+    train request writes model_dir/model.pt -> the next classification uses it (named, other probabilities)."""
     url, model_dir = annotation_server
     datalist = json.loads((phantom_dir / "datalist.json").read_text())
     classes: dict[str, dict[str, str]] = {}
@@ -387,10 +387,14 @@ def test_training_from_final_labels_is_used_by_the_next_infer(
         classes.setdefault(patient, {})[str(int(lesion))] = ("benign", "malignant")[entry["label"]]
     label = phantom_dir / "lesions" / "P00001.nii.gz"
     before = infer(url, "lesion_classification", "P00001", {}, label=label).json()
-    for patient in PROPOSAL_SCANS[:4]:
+    for index, patient in enumerate(PROPOSAL_SCANS[:4]):
+        # the classes as a REST client stores them, and (one scan) as 3D Slicer's segment names in label_info
+        stored = {"lesion_classes": classes[patient]}
+        if index == 1:
+            stored = {"label_info": [{"idx": int(k), "name": f"{c} {k}"} for k, c in classes[patient].items()]}
         saved = requests.put(
             f"{url}/datastore/label", params={"image": patient, "tag": "final"},
-            data={"params": json.dumps({"lesion_classes": classes[patient]})},
+            data={"params": json.dumps(stored)},
             files={"label": (f"{patient}.nii.gz", (phantom_dir / "lesions" / f"{patient}.nii.gz").read_bytes())},
             timeout=60,
         )  # fmt: skip
