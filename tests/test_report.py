@@ -494,3 +494,92 @@ def test_published_numbers_are_internally_consistent() -> None:
     }
     assert published["table5"]["auc"] == {"lung": 0.870, "prostate": 0.900, "breast": 0.899}
     assert published["table4"]["auc"] == {"few": 0.847, "medium": 0.838, "extensive": 0.862}
+
+
+# --- calibration and the inner-split threshold ------------------------------------------------------------------------
+
+
+def fold_summaries(temperatures: dict[int, float], thresholds: dict[int, float], network: str = "resnet50") -> list:
+    """Fold summaries as cv_summary.json holds them (each fold's metrics.json with its network and fold)."""
+    return [
+        {
+            "network": network,
+            "fold": fold,
+            "auc": 0.8,
+            "calibration": {"temperature": t, "inner_youden": {"threshold": thresholds[fold], "sensitivity": 0.7}},
+        }
+        for fold, t in temperatures.items()
+    ]
+
+
+def test_calibration_and_inner_threshold_against_hand_computation(rows: list[dict], entries: list[dict]) -> None:
+    from scipy.special import softmax
+
+    from bundle.evaluation.calibration import expected_calibration_error, logits_from_probabilities
+    from bundle.evaluation.report import fold_calibration
+
+    temperatures = {f: 1.5 + 0.25 * f for f in range(5)}
+    thresholds = {f: 0.3 + 0.05 * f for f in range(5)}
+    calibration = fold_calibration(fold_summaries(temperatures, thresholds))
+    assert calibration == {"resnet50": {f: {"temperature": temperatures[f], "youden_threshold": thresholds[f]}
+                                        for f in range(5)}}  # fmt: skip
+    report = build_report(rows, entries, bootstrap=0, selection_note="inner", calibration=calibration)
+    y, p, folds = _arrays(rows)
+    t_lesion = np.array([temperatures[f] for f in folds])
+    after = softmax(logits_from_probabilities(p) / t_lesion[:, None], axis=1)
+    cal = {r["network"]: r for r in report["calibration"]["networks"]}
+    assert set(cal) == {"resnet50", "densenet169"}
+    mine = cal["resnet50"]
+    assert mine["temperatures"] == {str(f): temperatures[f] for f in range(5)}
+    for kind in ("top_label", "positive"):
+        assert mine["ece_before"][kind] == pytest.approx(expected_calibration_error(p, y, 10, kind), abs=1e-6)
+        assert mine["ece_after"][kind] == pytest.approx(expected_calibration_error(after, y, 10, kind), abs=1e-9)
+        assert mine["ece_after"][kind] != pytest.approx(mine["ece_before"][kind], abs=1e-3)
+    # a network without temperatures: before only, with the reason
+    assert (
+        cal["densenet169"]["ece_after"] is None
+        and "no temperature for fold(s) [0, 1, 2, 3, 4]" in (cal["densenet169"]["note"])
+    )
+    diagram = report["calibration"]["reliability"]["resnet50"]["after"]["positive"]
+    assert sum(diagram["count"]) == len(y)
+
+    inner = {r["network"]: r for r in report["inner_threshold"]["networks"]}["resnet50"]
+    called = p >= np.array([thresholds[f] for f in folds])
+    tn, fp, fn, tp = confusion_matrix(y, called, labels=[0, 1]).ravel()
+    counts = inner["inner"]["counts"]
+    assert (counts["tp"], counts["fp"], counts["tn"], counts["fn"]) == (tp, fp, tn, fn)
+    assert inner["inner"]["sensitivity"]["value"] == pytest.approx(tp / (tp + fn))
+    assert inner["inner"]["youden_j"] == pytest.approx(tp / (tp + fn) + tn / (tn + fp) - 1)
+    tn0, fp0, fn0, tp0 = confusion_matrix(y, p >= 0.5, labels=[0, 1]).ravel()
+    assert inner["report"]["youden_j"] == pytest.approx(tp0 / (tp0 + fn0) + tn0 / (tn0 + fp0) - 1)
+    assert inner["thresholds"] == {str(f): pytest.approx(thresholds[f]) for f in range(5)}
+
+    # shown: the calibration figure and both tables, with the answer to the threshold question
+    assert "figures/calibration.png" in [f["file"] for f in report["figures"]]
+    from bundle.evaluation.render import render_markdown
+
+    md = render_markdown(report)
+    assert "## Calibration" in md and "## Threshold chosen on the inner validation split" in md
+    assert f"{mine['ece_before']['positive']:.3f} → {mine['ece_after']['positive']:.3f}" in md
+    assert f"Youden J {inner['inner']['youden_j']:.3f} vs {inner['report']['youden_j']:.3f}" in md
+
+
+def test_report_without_fold_calibration_leaves_the_sections_out(report: dict) -> None:
+    assert report["calibration"] is None and report["inner_threshold"] is None
+    assert "figures/calibration.png" not in [f["file"] for f in report["figures"]]
+
+
+def test_cli_reads_calibration_from_cv_summary(tmp_path: Path, rows: list[dict], entries: list[dict]) -> None:
+    temperatures, thresholds = {f: 2.0 for f in range(5)}, {f: 0.4 for f in range(5)}
+    write_csv(tmp_path / "resnet50.csv", [r for r in rows if r["network"] == "resnet50"])
+    write_datalist(tmp_path / "datalist.json", entries)
+    summary = tmp_path / "cv_summary.json"
+    summary.write_text(json.dumps({"folds": fold_summaries(temperatures, thresholds)}))
+    args = [str(tmp_path / "resnet50.csv"), "--datalist", str(tmp_path / "datalist.json"), "--bootstrap", "0"]
+    assert main([*args, "--out", str(tmp_path / "out"), "--cv_summary", str(summary)]) == 0
+    report = no_nan((tmp_path / "out" / "report.json").read_text())
+    assert report["calibration"]["networks"][0]["temperatures"] == {str(f): 2.0 for f in range(5)}
+    png = tmp_path / "out" / "figures" / "calibration.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary.write_text("{}")
+    assert main([*args, "--out", str(tmp_path / "bad"), "--cv_summary", str(summary)]) == 2

@@ -6,16 +6,21 @@ Typical usage::
     python -m bundle.evaluation cv --out outputs/cv --spatial_size "[128,64]" --max_epochs 15
     python -m bundle.evaluation cv --out outputs/cv --networks resnet50,densenet169,vgg16,inception_v3
     python -m bundle.evaluation cv --out outputs/cv --folds 0 1            # two of the folds only
+    python -m bundle.evaluation cv --out outputs/cv --lesion_mode lesion,scan   # the paper's method vs one pass
 
 Each fold runs the bundle's own workflows — ``configs/train.yaml`` (run id ``training``) and then
 ``configs/train.yaml`` + ``configs/evaluate.yaml`` (run id ``evaluating``) — with the overrides given here, into
-``OUT/<network>/fold<k>/``. Any option that is not the runner's own is passed to the bundle as an override
-(``--max_epochs 5``, ``--spatial_size "[128,64]"``, ``--device cpu``, ``--dataset_dir ...``); ``--fold``,
-``--network_name`` and ``--output_dir`` are the runner's (``--folds``, ``--networks``, ``--out``). The datalist is
-validated once, every entry (each fold is a training fold of the others), before the first fold that runs; the
-folds then run with ``validate_data: false``. A fold whose evaluation finished is skipped; an interrupted fold
-resumes from its newest checkpoint. At the end the out-of-fold predictions of all lesions are pooled into
-``OUT/predictions.csv`` and the report (``python -m bundle.evaluation report``) is written to ``OUT/report/``.
+``OUT/<run>/fold<k>/``: a run is a network in a ``lesion_mode`` (``--lesion_mode lesion,scan`` runs each network in
+both), named ``<network>`` in the paper's per-lesion mode and ``<network>_scan`` in the one-pass mode (the
+``network`` column of the pooled predictions and the report). Any option that is not the runner's own is passed to
+the bundle as an override (``--max_epochs 5``, ``--spatial_size "[128,64]"``, ``--device cpu``, ``--dataset_dir
+...``); ``--fold``, ``--network_name``, ``--output_dir`` and ``--lesion_mode`` are the runner's (``--folds``,
+``--networks``, ``--out``, ``--lesion_mode``). The datalist is validated once, every entry (each fold is a training
+fold of the others), before the first fold that runs; the folds then run with ``validate_data: false``. A fold whose
+evaluation finished is skipped; an interrupted fold resumes from its newest checkpoint. At the end the out-of-fold
+predictions of all lesions are pooled into ``OUT/predictions.csv`` and the report (``python -m bundle.evaluation
+report``) is written to ``OUT/report/``, with each fold's temperature and inner-split Youden threshold (from its
+``metrics.json``) for the calibration and threshold sections.
 """
 
 from __future__ import annotations
@@ -36,19 +41,21 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from tqdm import tqdm
 
 from bundle.data.datalist import read_datalist
+from bundle.data.lesion_groups import LESION_MODES
 from bundle.data.validation import check_datalist
 from bundle.engine.checkpoints import latest_checkpoint
 from bundle.evaluation.predictions import model_selection_note
-from bundle.evaluation.report import build_report, read_predictions, write_report
+from bundle.evaluation.report import build_report, fold_calibration, read_predictions, write_report
 from bundle.io import atomic_write_csv, atomic_write_text
 from bundle.nets import NETWORKS
+from bundle.nets.onepass import BACKBONES
 
 logger = logging.getLogger("bundle.evaluation.cv")
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"  # the bundle root holds the package
 POOLED_COLUMNS = ("lesion_id", "patient_id", "label", "probability", "prediction", "fold", "network")
 # bundle config ids the runner sets for each fold, and the runner's flag for each
-RUNNER_KEYS = {"fold": "--folds", "network_name": "--networks", "output_dir": "--out"}
+RUNNER_KEYS = {"fold": "--folds", "network_name": "--networks", "output_dir": "--out", "lesion_mode": "--lesion_mode"}
 # former flags of the runner, refused instead of being passed on as bundle overrides
 RENAMED_FLAGS = {"--compare": "--networks", "--network": "--networks", "--no-report": "--no_report"}
 
@@ -79,17 +86,57 @@ def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
 def parse_networks(text: str) -> list[str]:
     """``"resnet50,densenet169"`` → ``["resnet50", "densenet169"]``: known, distinct names, the first the reference.
 
+    Known: the paper's networks (:data:`bundle.nets.NETWORKS`) and the one-pass backbones
+    (:data:`bundle.nets.onepass.BACKBONES`); :func:`plan_runs` checks each against the lesion modes.
+
     Raises:
         argparse.ArgumentTypeError: an empty list, an unknown or a repeated name.
     """
+    known = list(dict.fromkeys([*NETWORKS, *BACKBONES]))
     names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in NETWORKS]
+    unknown = [n for n in names if n not in known]
     if not names or unknown or len(set(names)) < len(names):
         raise argparse.ArgumentTypeError(
-            f"{text!r}: expected distinct comma-separated names of {', '.join(NETWORKS)}"
+            f"{text!r}: expected distinct comma-separated names of {', '.join(known)}"
             + (f" (unknown: {', '.join(unknown)})" if unknown else "")
         )
     return names
+
+
+def parse_lesion_modes(text: str) -> list[str]:
+    """``"lesion,scan"`` → ``["lesion", "scan"]``: distinct values of :data:`~bundle.data.lesion_groups.LESION_MODES`.
+
+    Raises:
+        argparse.ArgumentTypeError: an empty list, an unknown or a repeated mode.
+    """
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    if not modes or any(m not in LESION_MODES for m in modes) or len(set(modes)) < len(modes):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected distinct comma-separated lesion modes of {', '.join(LESION_MODES)} "
+            "(lesion = one network pass per lesion, the paper's; scan = one pass per scan)"
+        )
+    return modes
+
+
+def run_name(network: str, lesion_mode: str) -> str:
+    """The name of a network trained in a lesion mode: ``resnet50`` (per lesion) or ``resnet50_scan`` (one pass)."""
+    return network if lesion_mode == "lesion" else f"{network}_{lesion_mode}"
+
+
+def plan_runs(networks: Sequence[str], lesion_modes: Sequence[str]) -> list[tuple[str, str]]:
+    """The (network, lesion_mode) pairs to run, mode by mode for each network (the first is the report's reference).
+
+    Raises:
+        ValueError: a network that the mode cannot use (per-lesion mode: :data:`bundle.nets.NETWORKS`; scan mode:
+            :data:`bundle.nets.onepass.BACKBONES`).
+    """
+    allowed = {"lesion": NETWORKS, "scan": BACKBONES}
+    bad = [f"{n} in {m} mode" for n in networks for m in lesion_modes if n not in allowed[m]]
+    if bad:
+        raise ValueError(
+            f"not available: {', '.join(bad)} (lesion mode: {', '.join(NETWORKS)}; scan mode: {', '.join(BACKBONES)})"
+        )
+    return [(n, m) for n in networks for m in lesion_modes]
 
 
 class EpochCallback:
@@ -110,8 +157,8 @@ class CrossValidation:
 
     Args:
         out_dir: root of the per-fold output folders.
-        overrides: bundle overrides applied to every fold (``fold``, ``output_dir`` and ``network_name`` are set
-            by the runner).
+        overrides: bundle overrides applied to every fold (``fold``, ``output_dir``, ``network_name`` and
+            ``lesion_mode`` are set by the runner).
         config_dir: folder holding ``train.yaml``, ``evaluate.yaml``, ``metadata.json`` and ``logging.conf``.
 
     Raises:
@@ -167,10 +214,12 @@ class CrossValidation:
             check_datalist(self.datalist, self.dataset_dir, self.image_reader)
         self.data_checked = True
 
-    def fold_dir(self, network: str, fold: int) -> Path:
-        return self.out_dir / network / f"fold{fold}"
+    def fold_dir(self, network: str, fold: int, lesion_mode: str = "lesion") -> Path:
+        return self.out_dir / run_name(network, lesion_mode) / f"fold{fold}"
 
-    def _workflow(self, network: str, fold: int, evaluate: bool, **extra: Any) -> ConfigWorkflow:
+    def _workflow(
+        self, network: str, fold: int, evaluate: bool, lesion_mode: str = "lesion", **extra: Any
+    ) -> ConfigWorkflow:
         configs = [str(self.config_dir / "train.yaml")]
         if evaluate:
             configs.append(str(self.config_dir / "evaluate.yaml"))
@@ -183,20 +232,26 @@ class CrossValidation:
             **{
                 **self.overrides,
                 "fold": fold,
-                "output_dir": str(self.fold_dir(network, fold)),
+                "output_dir": str(self.fold_dir(network, fold, lesion_mode)),
                 "network_name": network,
+                "lesion_mode": lesion_mode,
                 "validate_data": False,  # validated once for all folds (check_data)
                 **extra,
             },
         )
 
-    def run_fold(self, network: str, fold: int, on_epoch: Callable[[], None] | None = None) -> dict[str, Any]:
-        """Train (or resume) and evaluate one fold; returns its summary. A finished fold is only read back."""
-        fold_dir = self.fold_dir(network, fold)
+    def run_fold(
+        self, network: str, fold: int, on_epoch: Callable[[], None] | None = None, lesion_mode: str = "lesion"
+    ) -> dict[str, Any]:
+        """Train (or resume) and evaluate one fold; returns its summary (``network`` is the run's name,
+        :func:`run_name`). A finished fold is only read back."""
+        name = run_name(network, lesion_mode)
+        fold_dir = self.fold_dir(network, fold, lesion_mode)
         metrics_file = fold_dir / "eval" / "metrics.json"
+        identity = {"fold": fold, "network": name, "network_name": network, "lesion_mode": lesion_mode}
         if metrics_file.is_file():
-            logger.info(f"{network} fold {fold}: finished earlier, skipped ({metrics_file})")
-            return {"fold": fold, "network": network, "skipped": True, **json.loads(metrics_file.read_text())}
+            logger.info(f"{name} fold {fold}: finished earlier, skipped ({metrics_file})")
+            return {**json.loads(metrics_file.read_text()), **identity, "skipped": True}
 
         self.check_data()
         started = time.perf_counter()
@@ -205,8 +260,8 @@ class CrossValidation:
                 resume = bool(latest_checkpoint(fold_dir / "checkpoints"))
             except FileNotFoundError:
                 resume = False
-            logger.info(f"{network} fold {fold}: {'resuming' if resume else 'training'} in {fold_dir}")
-            train = self._workflow(network, fold, evaluate=False, resume=resume)
+            logger.info(f"{name} fold {fold}: {'resuming' if resume else 'training'} in {fold_dir}")
+            train = self._workflow(network, fold, evaluate=False, lesion_mode=lesion_mode, resume=resume)
             if on_epoch is not None:
                 # a handler added to the config, not to an early-instantiated trainer: instantiating the trainer
                 # before `training` runs would draw the network's random init in another order than the bundle CLI
@@ -216,27 +271,28 @@ class CrossValidation:
             train.finalize()
         train_seconds = time.perf_counter() - started
 
-        evaluation = self._workflow(network, fold, evaluate=True)
+        evaluation = self._workflow(network, fold, evaluate=True, lesion_mode=lesion_mode)
         evaluation.initialize()
         evaluation.run()
         evaluation.finalize()
         summary = json.loads(metrics_file.read_text())
         return {
-            "fold": fold,
-            "network": network,
+            **summary,
+            **identity,
             "skipped": False,
             "train_seconds": round(train_seconds, 1),
             "total_seconds": round(time.perf_counter() - started, 1),
-            **summary,
         }
 
-    def pooled_predictions(self, networks: Sequence[str], folds: Sequence[int]) -> list[dict[str, Any]]:
-        """Out-of-fold predictions of every lesion, with ``fold`` and ``network`` columns."""
+    def pooled_predictions(
+        self, networks: Sequence[str], folds: Sequence[int], lesion_modes: Sequence[str] = ("lesion",)
+    ) -> list[dict[str, Any]]:
+        """Out-of-fold predictions of every lesion, with ``fold`` and ``network`` (the run's name) columns."""
         rows = []
-        for network in networks:
+        for network, mode in plan_runs(networks, lesion_modes):
             for fold in folds:
-                with open(self.fold_dir(network, fold) / "eval" / "predictions.csv", newline="") as f:
-                    rows += [{**row, "fold": fold, "network": network} for row in csv.DictReader(f)]
+                with open(self.fold_dir(network, fold, mode) / "eval" / "predictions.csv", newline="") as f:
+                    rows += [{**row, "fold": fold, "network": run_name(network, mode)} for row in csv.DictReader(f)]
         return rows
 
 
@@ -246,7 +302,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         prog="python -m bundle.evaluation cv",
         description=__doc__.split("\n\n")[0],
         epilog="Other --key value options are bundle overrides, e.g. --max_epochs 5 --spatial_size '[128,64]' "
-        "--dataset_dir DIR; --fold, --network_name and --output_dir are the runner's (--folds, --networks, --out).",
+        "--dataset_dir DIR; --fold, --network_name, --output_dir and --lesion_mode are the runner's (--folds, "
+        "--networks, --out, --lesion_mode).",
         allow_abbrev=False,  # an override such as --fold must not be taken for --folds
     )
     parser.add_argument("--out", required=True, help="output folder (created; reused to resume)")
@@ -262,8 +319,16 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--networks",
         type=parse_networks,
         default="resnet50",
-        help=f"comma-separated networks ({', '.join(NETWORKS)}), each on the same folds; the first is the "
-        "report's reference (default: resnet50)",
+        help=f"comma-separated networks ({', '.join(NETWORKS)}; in scan mode also "
+        f"{', '.join(n for n in BACKBONES if n not in NETWORKS)}), each on the same folds; the first is the report's "
+        "reference (default: resnet50)",
+    )
+    parser.add_argument(
+        "--lesion_mode",
+        type=parse_lesion_modes,
+        default="lesion",
+        help="comma-separated lesion modes, each network trained in each: lesion (one pass per lesion, the "
+        "paper's) and/or scan (one pass per scan; runs named <network>_scan) (default: lesion)",
     )
     parser.add_argument("--threshold", type=float, default=0.5, help="malignancy threshold (default: 0.5)")
     parser.add_argument("--bootstrap", type=int, default=2000, help="patient bootstrap resamples (default: 2000)")
@@ -280,24 +345,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"{token.split('=')[0]} is now {RENAMED_FLAGS[token.split('=')[0]]}")
     overrides = {**parse_overrides(rest), "threshold": args.threshold}  # the folds' metrics use the same threshold
     networks: list[str] = args.networks
+    modes: list[str] = args.lesion_mode
     try:
+        runs = plan_runs(networks, modes)
         cv = CrossValidation(args.out, overrides)
         folds = cv.folds(args.folds)
     except ValueError as err:
         parser.error(str(err))
     summaries = []
-    total = len(networks) * len(folds) * cv.max_epochs
+    total = len(runs) * len(folds) * cv.max_epochs
     with tqdm(total=total, desc="cross-validation epochs", unit="epoch", file=sys.stderr) as bar:
-        for network in networks:
+        for index, (network, mode) in enumerate(runs):
             for fold in folds:
-                bar.set_postfix_str(f"{network} fold {fold}")
-                summary = cv.run_fold(network, fold, on_epoch=lambda: bar.update(1))
-                bar.n = (networks.index(network) * len(folds) + folds.index(fold) + 1) * cv.max_epochs
+                bar.set_postfix_str(f"{run_name(network, mode)} fold {fold}")
+                summary = cv.run_fold(network, fold, on_epoch=lambda: bar.update(1), lesion_mode=mode)
+                bar.n = (index * len(folds) + folds.index(fold) + 1) * cv.max_epochs
                 bar.refresh()
                 summaries.append(summary)
 
     out = Path(args.out)
-    rows = cv.pooled_predictions(networks, folds)
+    rows = cv.pooled_predictions(networks, folds, modes)
     atomic_write_csv(out / "predictions.csv", rows, POOLED_COLUMNS)
     atomic_write_text(
         out / "cv_summary.json",
@@ -314,8 +381,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             cv.entries,
             threshold=args.threshold,
             bootstrap=args.bootstrap,
-            reference_network=networks[0],
+            reference_network=run_name(*runs[0]),
             selection_note=note,
+            calibration=fold_calibration(summaries),
         )
         written = write_report(report, out / "report")
         print(f"report: {written['html']} (and report.md, report.json)")

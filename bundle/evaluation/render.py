@@ -35,6 +35,8 @@ METRIC_LABELS = {
 TUMOR_LABELS = {"lung": "Lung", "prostate": "Prostate", "breast": "Breast", "other": "Other", "unknown": "Unknown"}
 GROUP_LABELS = {**BURDEN_LABELS, **TUMOR_LABELS}
 METHOD_LABELS = {
+    "calibration": "Calibration",
+    "inner_threshold": "Threshold of the inner split",
     "proportions": "Proportions",
     "auc": "AUC",
     "auc_comparison": "AUC comparison",
@@ -427,6 +429,90 @@ def _youden_table(report: Mapping[str, Any]) -> Table | None:
     return table
 
 
+def _calibration_table(report: Mapping[str, Any]) -> Table | None:
+    cal = report.get("calibration")
+    if not cal:
+        return None
+    table = Table(
+        f"Calibration — expected calibration error ({cal['n_bins']} equal-width bins), before and after temperature "
+        "scaling fitted on each fold's inner validation split",
+        ["Network", "Lesions", "Temperature per fold", "ECE top-label", "ECE P(malignant)"],
+    )
+
+    def change(name: str, row: Mapping[str, Any]) -> str:
+        before = row["ece_before"][name]
+        if row["ece_after"] is None:
+            return f"{before:.3f} → {NA}"
+        return f"{before:.3f} → {row['ece_after'][name]:.3f}"
+
+    for row in cal["networks"]:
+        temps = ", ".join(f"{fold}: {NA if t is None else f'{t:.2f}'}" for fold, t in row["temperatures"].items())
+        table.add([row["network"], str(row["lesions"]), temps, change("top_label", row), change("positive", row)])
+        if row.get("note"):
+            table.notes.append(f"{row['network']}: {row['note']}")
+    table.notes.append(
+        "ECE = Σ over bins of (lesions in bin / all) × |observed frequency − mean predicted probability|; 0 = a "
+        "written probability means what it says. T > 1 softens over-confident probabilities. With two classes, "
+        "scaling leaves every call at 0.5 and the AUC unchanged."
+    )
+    if cal.get("note"):
+        table.notes.append(cal["note"])
+    return table
+
+
+def _inner_threshold_table(report: Mapping[str, Any]) -> Table | None:
+    inner = report.get("inner_threshold")
+    if not inner:
+        return None
+    table = Table(
+        f"Threshold question — {inner['report_threshold']:g} vs the Youden threshold of each fold's inner validation "
+        "split (95% CI)",
+        ["Network", "Threshold", *[METRIC_LABELS[n] for n in PROPORTION_NAMES], "Youden J"],
+    )
+    answers = []
+    for row in inner["networks"]:
+
+        def j_cell(block: Mapping[str, Any] | None) -> str:
+            return NA if block is None or block["youden_j"] is None else f"{block['youden_j']:.3f}"
+
+        table.add(
+            [
+                row["network"],
+                f"{inner['report_threshold']:g}",
+                *[prop_cell(row["report"][n]) for n in PROPORTION_NAMES],
+                j_cell(row["report"]),
+            ]
+        )
+        thresholds = ", ".join(f"{f}: {NA if t is None else f'{t:.3f}'}" for f, t in row["thresholds"].items())
+        if row["inner"] is None:
+            table.add([row["network"], f"inner Youden ({thresholds})", *[NA] * len(PROPORTION_NAMES), NA])
+            table.notes.append(f"{row['network']}: {row['note']}")
+            continue
+        table.add(
+            [
+                row["network"],
+                f"inner Youden ({thresholds})",
+                *[prop_cell(row["inner"][n]) for n in PROPORTION_NAMES],
+                j_cell(row["inner"]),
+            ]
+        )
+        j_report, j_inner = row["report"]["youden_j"], row["inner"]["youden_j"]
+        if j_report is not None and j_inner is not None:
+            better = "the inner-split Youden threshold" if j_inner > j_report else f"{inner['report_threshold']:g}"
+            answers.append(
+                f"{row['network']}: {better} balances sensitivity and specificity better on the test folds "
+                f"(Youden J {j_inner:.3f} vs {j_report:.3f}; accuracy {fmt_pct(row['inner']['accuracy']['value'])}% "
+                f"vs {fmt_pct(row['report']['accuracy']['value'])}%)."
+            )
+    table.notes += answers
+    table.notes.append(
+        "Each fold's threshold is chosen on its inner validation split (patients of the training folds), never on "
+        "the lesions it is applied to, so these metrics are not optimistic (unlike the descriptive pooled Youden "
+        "threshold above); it maximises sensitivity + specificity − 1, not accuracy."
+    )
+    return table
+
+
 def _phantom_table(report: Mapping[str, Any]) -> Table | None:
     ph = report["phantom"]
     if ph is None:
@@ -527,7 +613,13 @@ def build_document(report: Mapping[str, Any]) -> list[Block]:
         doc.append(("figure", fig))
     doc.append(("h2", "Patient level"))
     doc.append(("table", _patient_table(report)))
-    for title, table in (("Threshold", _youden_table(report)), ("Phantom ground truth", _phantom_table(report))):
+    sections = (
+        ("Threshold", _youden_table(report)),
+        ("Threshold chosen on the inner validation split", _inner_threshold_table(report)),
+        ("Calibration", _calibration_table(report)),
+        ("Phantom ground truth", _phantom_table(report)),
+    )
+    for title, table in sections:
         if table is not None:
             doc += [("h2", title), ("table", table)]
     bs = _bootstrap_table(report)
@@ -739,6 +831,43 @@ def _networks_figure(report: Mapping[str, Any], path: Path) -> None:
     _save(fig, path)
 
 
+def _reliability_panel(ax: Any, diagrams: Mapping[str, Mapping[str, Any] | None], kind: str, title: str) -> None:
+    ax.plot([0, 1], [0, 1], color="#9aa5b1", lw=0.8, ls="--", label="perfect calibration")
+    for (label, diagram), style in zip(diagrams.items(), ("o-", "s-"), strict=False):
+        if diagram is None:
+            continue
+        bins = diagram[kind]
+        points = [
+            (c, a, n)
+            for c, a, n in zip(bins["mean_confidence"], bins["accuracy"], bins["count"], strict=True)
+            if n > 0 and c is not None and a is not None
+        ]
+        if not points:
+            continue
+        conf, acc, count = (np.array(v, dtype=float) for v in zip(*points, strict=True))
+        line = ax.plot(conf, acc, style, lw=1.2, ms=3, label=f"{label} (ECE {bins['ece']:.3f})")[0]
+        ax.scatter(conf, acc, s=8 + 120 * count / count.max(), color=line.get_color(), alpha=0.35)
+    ax.set_xlim(0, 1.01)
+    ax.set_ylim(0, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("Mean predicted probability in bin")
+    ax.set_ylabel("Observed frequency")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="upper left", fontsize=7, frameon=False)
+
+
+def _calibration_figure(report: Mapping[str, Any], path: Path) -> None:
+    ref = report["reference_network"]
+    diagrams = report["calibration"]["reliability"][ref]
+    fig = Figure(figsize=(7.0, 3.6), layout="constrained")
+    ax_top, ax_pos = fig.subplots(1, 2)
+    series = {"before scaling": diagrams["before"], "after scaling": diagrams["after"]}
+    _reliability_panel(ax_top, series, "top_label", "A  Top-label confidence")
+    _reliability_panel(ax_pos, series, "positive", "B  P(malignant)")
+    fig.suptitle(f"{ref}: reliability of the pooled out-of-fold probabilities", fontsize=11)
+    _save(fig, path)
+
+
 def render_figures(report: Mapping[str, Any], out_dir: str | os.PathLike) -> list[Path]:
     """Draw the figures listed in ``report["figures"]`` into ``out_dir`` (matplotlib, Agg canvas, no pyplot state)."""
     out_dir = Path(out_dir)
@@ -754,6 +883,8 @@ def render_figures(report: Mapping[str, Any], out_dir: str | os.PathLike) -> lis
             _group_figure(report, "table5", "tumor", "Primary tumour", path)
         elif name == "networks_roc.png":
             _networks_figure(report, path)
+        elif name == "calibration.png":
+            _calibration_figure(report, path)
         else:
             raise ValueError(f"unknown figure {fig['file']!r}")
         written.append(path)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.special import softmax
 from sklearn.metrics import roc_curve
 
 from bundle.data.datalist import (
@@ -46,6 +47,7 @@ from bundle.data.datalist import (
 )
 from bundle.errors import ProblemsError
 from bundle.evaluation import paper_results
+from bundle.evaluation.calibration import CALIBRATION_KINDS, logits_from_probabilities, reliability_diagram
 from bundle.evaluation.metrics import (
     METRIC_NAMES,
     MIN_CASES_PER_CLASS,
@@ -86,6 +88,12 @@ METHODS = {
     "patient called malignant when the score >= the threshold (equivalently, when any lesion is called malignant).",
     "youden": "Threshold maximising sensitivity + specificity - 1 on the pooled out-of-fold ROC of the reference "
     "network; computed on the reported data, so descriptive only and not to be used for model selection.",
+    "calibration": "Expected calibration error over 10 equal-width bins, top-label (Guo et al. 2017) and of "
+    "P(malignant); after temperature scaling each fold's probabilities are softmax(log p / T) with that fold's T, "
+    "fitted on its inner validation split after training (never on the test fold). With two classes T leaves the "
+    "calls at 0.5 and the AUC unchanged.",
+    "inner_threshold": "Each fold's test lesions called at the Youden-optimal threshold of that fold's inner "
+    "validation split (chosen without the test fold, so not optimistic), pooled; against the report threshold.",
     "phantom": "Bayes-optimal AUC = ROC AUC of the phantom's ground-truth P(malignant) on the same lesions; "
     "gap = model AUC - Bayes-optimal AUC (paired DeLong interval).",
 }
@@ -533,6 +541,116 @@ def _youden(lesions: Lesions, threshold: float) -> dict[str, Any] | None:
     }
 
 
+def fold_calibration(summaries: Sequence[Mapping[str, Any]]) -> dict[str, dict[int, dict[str, float | None]]]:
+    """Each run's per-fold ``temperature`` and inner-split ``youden_threshold`` from fold summaries (the folds'
+    ``metrics.json`` with ``network`` and ``fold``, as in ``cv_summary.json``); None where a fold has none."""
+    out: dict[str, dict[int, dict[str, float | None]]] = defaultdict(dict)
+    for summary in summaries:
+        calibration = summary.get("calibration") or {}
+        youden = calibration.get("inner_youden") or {}
+        out[str(summary["network"])][int(summary["fold"])] = {
+            "temperature": calibration.get("temperature"),
+            "youden_threshold": youden.get("threshold"),
+        }
+    return dict(out)
+
+
+def _per_lesion(lesions: Lesions, per_fold: Mapping[Any, Mapping[str, Any]], key: str) -> np.ndarray:
+    """Each lesion's value of ``key`` from its fold's entry of ``per_fold`` (NaN where absent)."""
+    by_fold = {int(f): v for f, v in per_fold.items()}
+    values = [(by_fold.get(int(f)) or {}).get(key) for f in lesions.fold]
+    return np.array([math.nan if v is None else float(v) for v in values], dtype=float)
+
+
+def _calibration(
+    by_net: Mapping[str, Lesions], calibration: Mapping[str, Mapping[Any, Mapping[str, Any]]] | None, n_bins: int = 10
+) -> dict[str, Any] | None:
+    """Pooled out-of-fold ECE (both kinds) and reliability data of every network, before and after each fold's T."""
+    if not calibration:
+        return None
+    rows, diagrams = [], {}
+    for network in _order_networks(list(by_net)):
+        lesions = by_net[network]
+        per_fold = calibration.get(network) or {}
+        logits = logits_from_probabilities(lesions.probability)
+        before = softmax(logits, axis=1)
+        temperatures = _per_lesion(lesions, per_fold, "temperature")
+        row: dict[str, Any] = {
+            "network": network,
+            "lesions": len(lesions),
+            "temperatures": {
+                str(f): (per_fold.get(f) or per_fold.get(str(f)) or {}).get("temperature")
+                for f in sorted(set(lesions.fold.tolist()))
+            },
+            "ece_before": {k: reliability_diagram(before, lesions.label, n_bins, k).ece for k in CALIBRATION_KINDS},
+            "ece_after": None,
+            "note": None,
+        }
+        diagrams[network] = {
+            "before": {k: reliability_diagram(before, lesions.label, n_bins, k).to_dict() for k in CALIBRATION_KINDS},
+            "after": None,
+        }
+        missing = sorted({int(f) for f, t in zip(lesions.fold, temperatures, strict=True) if not t > 0})
+        if missing:
+            row["note"] = f"no temperature for fold(s) {missing}: ECE after scaling not computed"
+        else:
+            after = softmax(logits / temperatures[:, None], axis=1)
+            row["ece_after"] = {k: reliability_diagram(after, lesions.label, n_bins, k).ece for k in CALIBRATION_KINDS}
+            diagrams[network]["after"] = {
+                k: reliability_diagram(after, lesions.label, n_bins, k).to_dict() for k in CALIBRATION_KINDS
+            }
+        rows.append(row)
+    return {
+        "n_bins": n_bins,
+        "networks": rows,
+        "reliability": diagrams,
+        "note": "probabilities as written in the predictions (6 decimals); ECE of each fold's own evaluation, from "
+        "its logits, is in its metrics.json",
+    }
+
+
+def _inner_threshold(
+    by_net: Mapping[str, Lesions],
+    calibration: Mapping[str, Mapping[Any, Mapping[str, Any]]] | None,
+    threshold: float,
+) -> dict[str, Any] | None:
+    """Pooled out-of-fold metrics at the report threshold and at each fold's inner-split Youden threshold."""
+    if not calibration:
+        return None
+    rows = []
+    for network in _order_networks(list(by_net)):
+        lesions = by_net[network]
+        per_fold = calibration.get(network) or {}
+        thresholds = _per_lesion(lesions, per_fold, "youden_threshold")
+
+        def summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
+            out = {name: metrics[name] for name in PROPORTION_NAMES}
+            sens, spec = metrics["sensitivity"]["value"], metrics["specificity"]["value"]
+            both = not (sens is None or spec is None or math.isnan(sens) or math.isnan(spec))
+            return out | {"youden_j": sens + spec - 1 if both else None, "counts": metrics["counts"]}
+
+        row: dict[str, Any] = {
+            "network": network,
+            "thresholds": {
+                str(f): float(thresholds[lesions.fold == f][0])
+                if np.isfinite(thresholds[lesions.fold == f][0])
+                else None
+                for f in sorted(set(lesions.fold.tolist()))
+            },
+            "report": summary(_metrics(lesions, threshold)),
+            "inner": None,
+            "note": None,
+        }
+        missing = sorted({int(f) for f, t in zip(lesions.fold, thresholds, strict=True) if not np.isfinite(t)})
+        if missing:
+            row["note"] = f"no inner-split Youden threshold for fold(s) {missing}"
+        else:
+            called = (lesions.probability >= thresholds).astype(float)  # each lesion at its fold's threshold
+            row["inner"] = summary(metrics_with_ci(lesions.label, called, 0.5, CONFIDENCE, MIN_CASES_PER_CLASS))
+        rows.append(row)
+    return {"report_threshold": float(threshold), "networks": rows}
+
+
 def _phantom(lesions: Lesions) -> dict[str, Any] | None:
     has = ~np.isnan(lesions.p_malignant)
     if not has.any():
@@ -670,6 +788,14 @@ def _figure_plan(report: Mapping[str, Any]) -> list[dict[str, str]]:
         )
     if len(report["networks"]) > 1:
         plan.append({"file": "figures/networks_roc.png", "caption": "Pooled out-of-fold ROC curve of every network."})
+    if report.get("calibration"):
+        plan.append(
+            {
+                "file": "figures/calibration.png",
+                "caption": f"{ref}: reliability diagrams of the pooled out-of-fold lesions (top-label confidence and "
+                "P(malignant)), before and after each fold's temperature scaling; point size ∝ lesions in the bin.",
+            }
+        )
     return plan
 
 
@@ -698,6 +824,7 @@ def build_report(
     selection_note: str | None = None,
     default_network: str = DEFAULT_NETWORK,
     inputs: Mapping[str, Any] | None = None,
+    calibration: Mapping[str, Mapping[Any, Mapping[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Compute every number of the report.
 
@@ -713,6 +840,8 @@ def build_report(
         selection_note: how the evaluated checkpoints were selected, shown at the top of the report.
         default_network: network name of rows without one.
         inputs: provenance (file names) recorded as is.
+        calibration: per network and fold, ``temperature`` and ``youden_threshold`` fitted on that fold's inner
+            validation split (:func:`fold_calibration`); None: no calibration and inner-threshold sections.
 
     Returns:
         A JSON-ready dict (no NaN: undefined numbers are None) that ``write_report`` renders.
@@ -760,6 +889,8 @@ def build_report(
         "table5": _subgroup_table(lesions, "tumor", TUMOR_GROUPS, TUMOR_LABELS, threshold),
         "patient_level": _patient_level(lesions, threshold),
         "youden": _youden(lesions, threshold),
+        "calibration": _calibration(by_net, calibration),
+        "inner_threshold": _inner_threshold(by_net, calibration, threshold),
         "phantom": _phantom(lesions),
         "bootstrap": _cluster_bootstrap(by_net, reference, threshold, bootstrap, seed),
         "roc_curves": {
@@ -832,6 +963,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--selection_note", default=None, help="how the evaluated checkpoints were selected (default: none)"
     )
+    parser.add_argument(
+        "--cv_summary",
+        default=None,
+        help="cv_summary.json of the cross-validation: each fold's temperature and inner-split Youden threshold, "
+        "for the calibration and threshold sections (default: none, sections left out)",
+    )
     return parser
 
 
@@ -841,6 +978,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rows = [row for path in args.predictions for row in read_predictions(path, args.network_name)]
         entries = read_datalist(args.datalist)["training"]
+        calibration = None
+        if args.cv_summary:
+            try:
+                calibration = fold_calibration(json.loads(Path(args.cv_summary).read_text())["folds"])
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                raise ProblemsError(args.cv_summary, [f"not a cv_summary.json with folds: {err}"]) from err
         report = build_report(
             rows,
             entries,
@@ -851,6 +994,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             selection_note=args.selection_note,
             default_network=args.network_name,
             inputs={"predictions": [str(p) for p in args.predictions], "datalist": str(args.datalist)},
+            calibration=calibration,
         )
     except (ProblemsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
