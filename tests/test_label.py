@@ -401,7 +401,7 @@ def test_training_from_final_labels_is_used_by_the_next_infer(
         assert saved.status_code == 200, saved.text
     trained = requests.post(
         f"{url}/train/lesion_classification", params={"run_sync": "true"},
-        json={"max_epochs": 1, "batch_size": 4, "tracking": "None"}, timeout=600,
+        json={"max_epochs": 1, "batch_size": 4, "tracking": "None", "device": "cpu"}, timeout=600,
     )  # fmt: skip
     assert trained.status_code == 200, trained.text
     result = trained.json()
