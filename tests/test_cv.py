@@ -12,7 +12,15 @@ import pytest
 from bundle.data import validation
 from bundle.data.datalist import read_datalist
 from bundle.evaluation.__main__ import main as evaluation_main
-from bundle.evaluation.cv import get_args_parser, main, parse_networks, parse_overrides
+from bundle.evaluation.cv import (
+    get_args_parser,
+    main,
+    parse_lesion_modes,
+    parse_networks,
+    parse_overrides,
+    plan_runs,
+    run_name,
+)
 
 from .conftest import evaluate_tiny, train_tiny
 
@@ -31,17 +39,34 @@ def test_parse_overrides_reads_yaml_values():
 
 def test_networks_are_a_list_of_known_distinct_names():
     assert parse_networks("resnet50, densenet169,vgg16") == ["resnet50", "densenet169", "vgg16"]
+    assert parse_networks("resnet10") == ["resnet10"]  # a one-pass backbone (scan mode only)
     for bad in ("", "resnet51", "resnet50,resnet50"):
         with pytest.raises(argparse.ArgumentTypeError, match="expected distinct comma-separated names"):
             parse_networks(bad)
 
 
+def test_lesion_modes_and_the_runs_they_plan():
+    assert parse_lesion_modes("lesion, scan") == ["lesion", "scan"]
+    for bad in ("", "pixel", "scan,scan"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected distinct comma-separated lesion modes"):
+            parse_lesion_modes(bad)
+    assert plan_runs(["resnet50", "vgg16"], ["lesion", "scan"]) == [
+        ("resnet50", "lesion"), ("resnet50", "scan"), ("vgg16", "lesion"), ("vgg16", "scan"),
+    ]  # fmt: skip
+    assert [run_name(n, m) for n, m in plan_runs(["resnet50"], ["lesion", "scan"])] == ["resnet50", "resnet50_scan"]
+    with pytest.raises(ValueError, match="not available: inception_v3 in scan mode"):
+        plan_runs(["inception_v3"], ["scan"])
+    with pytest.raises(ValueError, match="not available: resnet10 in lesion mode"):
+        plan_runs(["resnet10"], ["lesion", "scan"])
+
+
 def test_cv_flags_and_their_defaults():
     parser = get_args_parser()
     args, rest = parser.parse_known_args(["--out", "o", "--fold", "1", "--max_epochs", "2"])
-    assert (args.folds, args.networks, args.threshold, args.bootstrap, args.no_report) == (
+    assert (args.folds, args.networks, args.lesion_mode, args.threshold, args.bootstrap, args.no_report) == (
         None,
         ["resnet50"],
+        ["lesion"],
         0.5,
         2000,
         False,
@@ -63,6 +88,8 @@ def test_cv_flags_and_their_defaults():
         (["--network", "vgg16"], "--network is now --networks"),
         (["--no-report"], "--no-report is now --no_report"),
         (["--max_epoch", "1"], "not an id of train.yaml or evaluate.yaml: --max_epoch"),
+        (["--lesion_mode", "pixel"], "expected distinct comma-separated lesion modes"),
+        (["--lesion_mode", "scan", "--networks", "inception_v3"], "not available: inception_v3 in scan mode"),
     ],
 )
 def test_cv_refuses_runner_keys_old_flags_and_unknown_overrides(phantom_dir, tmp_path, capsys, flags, message):
@@ -83,10 +110,10 @@ def test_evaluation_help_lists_every_command_and_flag(capsys):
         for command, usage in usages.items()
     }
     assert flags == {
-        "cv": {"--out", "--folds", "--networks", "--threshold", "--bootstrap", "--no_report"},
+        "cv": {"--out", "--folds", "--networks", "--lesion_mode", "--threshold", "--bootstrap", "--no_report"},
         "report": {
             "--datalist", "--out", "--threshold", "--bootstrap", "--seed", "--reference_network", "--network_name",
-            "--selection_note",
+            "--selection_note", "--cv_summary",
         },
     }  # fmt: skip
     with pytest.raises(SystemExit) as exit_:
@@ -160,3 +187,46 @@ def test_two_fold_cross_validation_end_to_end(phantom_dir, tmp_path, monkeypatch
     assert all(s["skipped"] for s in summary["folds"])
     assert len(validations) == 1
     assert (out / "resnet50" / "fold0" / "checkpoints" / "model.pt").stat().st_mtime == mtime
+
+
+@pytest.mark.integration
+def test_two_fold_cross_validation_in_scan_mode(phantom_dir, tmp_path, monkeypatch):
+    """The one-pass mode through the runner: every test lesion once per fold, its rows, temperatures and inner-split
+    thresholds in the report."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "cv"
+    argv = [
+        "--out", str(out), "--folds", "0", "1", "--bootstrap", "20", "--networks", "resnet10", "--lesion_mode", "scan",
+        "--dataset_dir", str(phantom_dir), "--spatial_size", "[64,32]", "--max_epochs", "1", "--batch_size", "4",
+        "--num_workers", "0",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    entries = read_datalist(phantom_dir / "datalist.json")["training"]
+    expected = {e["lesion_id"]: e for e in entries if e["fold"] in (0, 1)}
+    with open(out / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["lesion_id"] for r in rows) == sorted(expected)
+    assert {r["network"] for r in rows} == {"resnet10_scan"}
+    assert all(int(r["fold"]) == expected[r["lesion_id"]]["fold"] for r in rows)
+    for fold in (0, 1):
+        fold_dir = out / "resnet10_scan" / f"fold{fold}"
+        metrics = json.loads((fold_dir / "eval" / "metrics.json").read_text())
+        assert metrics["lesion_mode"] == "scan" and metrics["network"] == "resnet10"
+        temperature = json.loads((fold_dir / "checkpoints" / "temperature.json").read_text())
+        assert metrics["calibration"]["temperature"] == pytest.approx(temperature["temperature"])
+
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["networks"] == ["resnet10_scan"] and report["reference_network"] == "resnet10_scan"
+    assert report["table3"]["networks"][0]["lesions"]["total"] == len(expected)
+    assert [f["fold"] for f in report["table2"]["folds"]] == [0, 1]
+    calibration = report["calibration"]["networks"][0]
+    summary = json.loads((out / "cv_summary.json").read_text())
+    assert [(s["network"], s["lesion_mode"], s["fold"]) for s in summary["folds"]] == [
+        ("resnet10_scan", "scan", 0), ("resnet10_scan", "scan", 1),
+    ]  # fmt: skip
+    assert calibration["temperatures"] == {str(s["fold"]): s["calibration"]["temperature"] for s in summary["folds"]}
+    assert calibration["ece_after"] is not None
+    assert report["inner_threshold"]["networks"][0]["network"] == "resnet10_scan"
+    assert (out / "report" / "figures" / "calibration.png").is_file()
+    md = (out / "report" / "report.md").read_text()
+    assert "resnet10_scan" in md and "## Calibration" in md
