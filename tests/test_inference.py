@@ -8,12 +8,14 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine
 from monai.bundle import ConfigParser, create_workflow
 from monai.transforms import Compose, LoadImaged, MapTransform
 
+from bundle.engine.explanations import gradcam_maps, safe_name
 from bundle.engine.inference import (
     ScanCachedCompose,
     TolerantDataset,
@@ -167,7 +169,7 @@ def test_corrupt_scan_is_reported_and_skipped(phantom, checkpoint, tmp_path):
     result = run_bundle(
         "run", "--config_file", "configs/inference.yaml", "--dataset_dir", str(data),
         "--datalist", str(data / "lesions.json"), "--checkpoint", str(checkpoint), "--output_dir", str(out), *TINY,
-        check=False,
+        "--explain", "true", check=False,
     )  # fmt: skip
     assert result.returncode == 1, result.stderr[-3000:]
     assert "could not be loaded" in result.stderr
@@ -181,6 +183,10 @@ def test_corrupt_scan_is_reported_and_skipped(phantom, checkpoint, tmp_path):
     assert sorted(r["mask_file"] for r in lesions) == sorted(e["mask"] for e in good[:-1])
     assert {s["scan"] for s in read_csv(out / "scans.csv")} == {scans[0], scans[2]}
     assert len(json.loads((out / "predictions.json").read_text())["failed"]) == len(expected)
+    # --explain true: one Grad-CAM overlay per classified lesion, none for those that failed to load
+    pictures = sorted(p.name for p in (out / "explanations").iterdir())
+    assert pictures == sorted(f"{safe_name(r['lesion_id'])}.png" for r in lesions)
+    assert all((out / "explanations" / name).read_bytes().startswith(b"\x89PNG") for name in pictures)
 
 
 # ---- units ------------------------------------------------------------------------------------------------------
@@ -401,3 +407,29 @@ def test_missing_dataset_dir_stops_the_run_naming_it(checkpoint, tmp_path):
     assert result.returncode != 0
     assert f"{missing}: no such folder" in result.stderr
     assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_gradcam_maps_of_a_trained_tiny_model():
+    """Grad-CAM of P(malignant) has the input's spatial size, lies in [0, 1] and is not constant once the network has
+    learnt something (here: class 1 = a bright blob in the lower half, a few Adam steps)."""
+    from bundle.nets import NETWORKS, build_network
+
+    torch.manual_seed(0)
+    net = build_network("resnet50")
+    images = torch.rand(8, 2, 64, 32) * 0.1
+    labels = torch.tensor([0, 1] * 4)
+    for k in range(8):
+        row = 40 if labels[k] else 10
+        images[k, :, row : row + 6, 12:18] = 1.0
+    optimiser = torch.optim.Adam(net.parameters(), 1e-3)
+    net.train()
+    for _ in range(5):
+        optimiser.zero_grad()
+        torch.nn.functional.cross_entropy(net(images), labels).backward()
+        optimiser.step()
+    net.eval()
+    maps = gradcam_maps(net, NETWORKS["resnet50"].cam_layer, images)
+    assert maps.shape == (8, 64, 32) and maps.dtype == np.float32
+    assert maps.min() >= 0 and maps.max() <= 1
+    assert all(m.std() > 1e-3 for m in maps)
+    assert not net.training  # the network's mode is kept

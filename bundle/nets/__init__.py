@@ -39,6 +39,7 @@ class NetworkSpec:
         rename: maps a torchvision key to the network's name for it; ``None`` when the names are torchvision's.
         min_size: smallest H and W the network computes on as designed.
         description: one line for humans.
+        cam_layer: the module whose activations Grad-CAM explains (the last convolutional stage).
     """
 
     build: Callable[[int, int], nn.Module]
@@ -47,6 +48,7 @@ class NetworkSpec:
     rename: Callable[[str], str] | None = None
     min_size: int = 32
     description: str = ""
+    cam_layer: str = ""
 
 
 def _resnet50(in_channels: int, num_classes: int) -> nn.Module:
@@ -71,6 +73,7 @@ NETWORKS: Mapping[str, NetworkSpec] = MappingProxyType(
             head_prefixes=("fc.",),
             min_size=1,
             description="MONAI ResNet50 with torchvision's layout (the paper's main model)",
+            cam_layer="layer4",
         ),
         "densenet169": NetworkSpec(
             build=densenet.densenet169,
@@ -79,6 +82,7 @@ NETWORKS: Mapping[str, NetworkSpec] = MappingProxyType(
             rename=densenet.torchvision_to_monai_key,
             min_size=29,
             description="MONAI DenseNet169; torchvision keys renamed to MONAI's",
+            cam_layer="features",
         ),
         "vgg16": NetworkSpec(
             build=_vgg16,
@@ -86,6 +90,7 @@ NETWORKS: Mapping[str, NetworkSpec] = MappingProxyType(
             head_prefixes=("classifier.6.",),
             min_size=32,
             description="VGG16 without batch norm, torchvision names; pretrained fc6/fc7 kept",
+            cam_layer="features",
         ),
         "inception_v3": NetworkSpec(
             build=_inception_v3,
@@ -94,6 +99,7 @@ NETWORKS: Mapping[str, NetworkSpec] = MappingProxyType(
             head_prefixes=("fc.", "AuxLogits."),
             min_size=75,
             description="InceptionV3 without aux classifier, torchvision names; smaller inputs zero-padded to 75",
+            cam_layer="Mixed_7c",
         ),
     }
 )
