@@ -88,7 +88,9 @@ class LesionPredictionWriter(LesionWriter):
         temperature = None
         if self.temperature_file is not None:
             temperature = read_temperature(self.temperature_file, self.checkpoint)
-        return calibration_summary([r["label"] for r in rows], logits.reshape(len(rows), -1), temperature)
+        labels = [r["label"] for r in rows]
+        probabilities = np.array([r["probability"] for r in rows], dtype=np.float64)
+        return calibration_summary(labels, logits.reshape(len(rows), -1), temperature, probabilities=probabilities)
 
     def write(self, records: Sequence[dict[str, Any]], engine: Engine) -> None:
         rows = sorted(records, key=lambda r: (r["lesion_id"], r["patient_id"]))

@@ -254,6 +254,7 @@ def calibration_summary(
     logits: np.ndarray,
     temperature: Mapping[str, Any] | None,
     n_bins: int = N_BINS,
+    probabilities: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """ECE (both kinds) and reliability-diagram data of evaluated lesions, before and after temperature scaling.
 
@@ -262,6 +263,8 @@ def calibration_summary(
         logits: (N, 2) logits (or log-probabilities) of the lesions.
         temperature: a :func:`read_temperature` record, or None (then only ``before``).
         n_bins: equal-width confidence bins.
+        probabilities: (N,) P(malignant) as the evaluation wrote it, called at the inner Youden threshold (default:
+            from ``logits``).
 
     Returns:
         ``temperature`` (T or None), ``fitted_on``/``temperature_file``, ``n_bins``, ``ece_before``/``ece_after``
@@ -297,5 +300,6 @@ def calibration_summary(
     )
     youden = temperature.get("youden")
     if youden and youden.get("threshold") is not None:
-        out["inner_youden"] = inner_threshold_metrics(y, before[:, 1], float(youden["threshold"]))
+        called = before[:, 1] if probabilities is None else np.asarray(probabilities, dtype=np.float64)
+        out["inner_youden"] = inner_threshold_metrics(y, called, float(youden["threshold"]))
     return json_ready(out)
