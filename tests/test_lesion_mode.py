@@ -76,6 +76,21 @@ def test_each_mode_builds_its_own_network_data_and_batching(phantom_dir):
     assert list(flip.keys) == ["image", "masks"]
 
 
+def test_unlabelled_inference_items_group_by_scan(phantom_dir):
+    """Scan mode for inference: items without labels (bundle.engine.inference) grouped and batched per scan."""
+    from bundle.data.lesion_groups import PrepareScanBatch
+    from bundle.engine.inference import inference_items
+
+    items = inference_items(phantom_dir, None)
+    scans = items_for_mode(items, "scan")
+    assert sum(len(s["masks"]) for s in scans) == len(items) and not any("labels" in s for s in scans)
+    assert [s["scan"] for s in scans] == list(dict.fromkeys(i["scan"] for i in items))  # as the datalist writes it
+    loaded = [{**s, "image": torch.zeros(1, 4, 2), "masks": torch.zeros(len(s["masks"]), 4, 2)} for s in scans[:2]]
+    batch = pad_lesions_collate(loaded)
+    _, targets, _, kwargs = PrepareScanBatch()(batch)
+    assert targets is None and int(kwargs["lesion_valid"].sum()) == len(batch["lesion_id"]) == len(batch["scan"])
+
+
 @pytest.fixture(scope="module")
 def runs(phantom_dir, tmp_path_factory):
     """Two epochs of each mode (the one-pass network on resnet10) and their evaluations on fold 0."""

@@ -41,7 +41,7 @@ from monai.engines.utils import PrepareBatch
 from monai.transforms import LoadImage, MapTransform
 
 from bundle.data.paths import image_key
-from bundle.errors import PatientFoldError, ProblemsError, ShapeMismatchError
+from bundle.errors import EntryKeyError, PatientFoldError, ProblemsError, ShapeMismatchError
 
 __all__ = [
     "LESION_MODES",
@@ -93,13 +93,15 @@ def items_for_mode(entries: Sequence[Mapping[str, Any]], lesion_mode: str) -> Se
 def group_by_scan(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One item per scan from per-lesion entries (as :func:`bundle.data.datalist.load_split` returns them).
 
-    Scans are in the order of their first lesion, lesions in entry order. Keys: ``image``; ``masks``, ``labels``,
+    Scans are in the order of their first lesion, lesions in entry order. Keys: ``image``; ``masks``, ``labels``
+    (left out when no entry has a ``label``, as inference items),
     ``lesion_id`` and ``mask_file`` (lists, one element per lesion; ``masks`` is replaced by the loaded masks,
     ``mask_file`` keeps the paths); ``patient_id``, ``fold``, ``tumor_type``, ``lesions_in_image``, ``scan`` from the
     scan's first lesion (``tumor_type``/``lesions_in_image``/``scan`` when present).
 
     Raises:
-        ProblemsError: a scan's lesions disagree on ``patient_id`` or ``fold`` (one :class:`PatientFoldError` each).
+        ProblemsError: a scan's lesions disagree on ``patient_id`` or ``fold`` (one :class:`PatientFoldError` each),
+            or only some of them have a ``label`` (:class:`EntryKeyError`).
     """
     groups: dict[str, dict[str, Any]] = {}
     problems = []
@@ -123,9 +125,17 @@ def group_by_scan(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                         )
                     )
         group["masks"].append(entry["mask"])
-        group["labels"].append(int(entry["label"]))
+        if "label" in entry:  # inference items have none
+            group["labels"].append(int(entry["label"]))
         group["lesion_id"].append(str(entry.get("lesion_id", "")))
         group["mask_file"].append(entry["mask"])
+    for key, group in groups.items():
+        if not group["labels"]:
+            del group["labels"]
+        elif len(group["labels"]) != len(group["masks"]):
+            problems.append(
+                EntryKeyError(key, "some lesions of this scan have a label, others not", "label every lesion")
+            )
     if problems:
         raise ProblemsError("datalist", problems)
     return list(groups.values())

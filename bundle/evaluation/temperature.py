@@ -220,21 +220,21 @@ def read_temperature(path: str | os.PathLike, checkpoint: str | os.PathLike | No
     another checkpoint file name than ``checkpoint``'s."""
     path = Path(path)
     if not path.is_file():
-        logger.warning(f"{path} not found: metrics without temperature scaling")
+        logger.warning(f"{path} not found: probabilities without temperature scaling")
         return None
     try:
         record = json.loads(path.read_text())
         temperature = float(record["temperature"])
     except (OSError, ValueError, KeyError, TypeError) as err:
-        logger.warning(f"{path}: not a temperature file ({err}); metrics without temperature scaling")
+        logger.warning(f"{path}: not a temperature file ({err}); probabilities without temperature scaling")
         return None
     if not temperature > 0:
-        logger.warning(f"{path}: temperature {temperature} is not positive; metrics without temperature scaling")
+        logger.warning(f"{path}: temperature {temperature} is not positive; probabilities without temperature scaling")
         return None
     if checkpoint is not None and record.get("checkpoint") not in (None, Path(checkpoint).name):
         logger.warning(
-            f"{path} was fitted for {record.get('checkpoint')}, not for {Path(checkpoint).name}: metrics without "
-            "temperature scaling"
+            f"{path} was fitted for {record.get('checkpoint')}, not for {Path(checkpoint).name}: probabilities "
+            "without temperature scaling"
         )
         return None
     return {**record, "temperature": temperature, "file": str(path.resolve())}
