@@ -159,7 +159,8 @@ def fit_checkpoint_temperature(
     """Fit T for ``ckpt_dir/checkpoint_name`` on ``dataloader`` (the inner validation split) and write
     ``ckpt_dir/temperature.json`` (module docstring) atomically, on rank 0.
 
-    The checkpoint's weights are loaded into ``network`` (unwrapped from DDP): call it after training.
+    The checkpoint's weights are loaded into ``network`` (unwrapped from DDP): call it after training. In a
+    distributed run every rank must call it (the split's lesions are gathered from all ranks).
 
     Args:
         network: the trained network (``network`` of train.yaml).
@@ -173,7 +174,12 @@ def fit_checkpoint_temperature(
         The record written, or None (with a warning) when there is no checkpoint or no validation lesion.
     """
     checkpoint = Path(ckpt_dir) / checkpoint_name
-    if not checkpoint.is_file():
+    found = [checkpoint.is_file()]
+    if is_distributed():  # every rank takes rank 0's answer, once rank 0 (which writes the checkpoints) is here
+        torch.distributed.barrier()
+        found = [checkpoint.is_file()]
+        torch.distributed.broadcast_object_list(found, src=0)
+    if not found[0]:
         logger.warning(f"no temperature scaling: {checkpoint} not found (no validation epoch selected a model)")
         return None
     module = network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
