@@ -498,11 +498,13 @@ def _inner_threshold_table(report: Mapping[str, Any]) -> Table | None:
         )
         j_report, j_inner = row["report"]["youden_j"], row["inner"]["youden_j"]
         if j_report is not None and j_inner is not None:
-            better = "the inner-split Youden threshold" if j_inner > j_report else f"{inner['report_threshold']:g}"
+            report_threshold = f"{inner['report_threshold']:g}"
+            better = "the inner-split Youden threshold" if j_inner > j_report else report_threshold
             answers.append(
-                f"{row['network']}: {better} balances sensitivity and specificity better on the test folds "
-                f"(Youden J {j_inner:.3f} vs {j_report:.3f}; accuracy {fmt_pct(row['inner']['accuracy']['value'])}% "
-                f"vs {fmt_pct(row['report']['accuracy']['value'])}%)."
+                f"{row['network']}: Youden J {j_inner:.3f} at the inner-split threshold vs {j_report:.3f} at "
+                f"{report_threshold} (accuracy {fmt_pct(row['inner']['accuracy']['value'])}% vs "
+                f"{fmt_pct(row['report']['accuracy']['value'])}%): {better} balances sensitivity and specificity "
+                "better on the test folds."
             )
     table.notes += answers
     table.notes.append(
