@@ -231,6 +231,21 @@ def test_check_scan_refuses_what_is_not_a_whole_body_scan():
 READ_TINY = ["--spatial_size", "[64,32]", "--amp", "false", "--batch_size", "4"]
 
 
+def same_up_to_float_noise(a: dict[str, str], b: dict[str, str], tolerance: float = 1e-5) -> bool:
+    """Two CSV rows with the same keys and values, numbers equal to ``tolerance``."""
+    if a.keys() != b.keys():
+        return False
+    for key in a:
+        if a[key] == b[key]:
+            continue
+        try:
+            if abs(float(a[key]) - float(b[key])) > tolerance:
+                return False
+        except ValueError:
+            return False
+    return True
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -354,11 +369,10 @@ def test_read_data_parallel_equals_one_process(read_run, tmp_path):
     single = {r["scan"]: r for r in read_csv(out / "reads.csv")}
     merged = read_csv(ddp_out / "reads.csv")
     assert [r["scan"] for r in merged] == ["P00001", "P00002", "P00003"]
-    for row in merged:
-        assert row == single[row["scan"]]
-        assert (ddp_out / row["scan"] / "hotspots.csv").read_bytes() == (
-            out / row["scan"] / "hotspots.csv"
-        ).read_bytes()
+    for row in merged:  # fp32 sums in processes with other thread counts: probabilities equal to 1e-5
+        assert same_up_to_float_noise(row, single[row["scan"]])
+        ddp_hot, hot = read_csv(ddp_out / row["scan"] / "hotspots.csv"), read_csv(out / row["scan"] / "hotspots.csv")
+        assert len(ddp_hot) == len(hot) and all(map(same_up_to_float_noise, ddp_hot, hot))
     assert read_csv(ddp_out / "failed.csv") == []
 
 
