@@ -192,3 +192,31 @@ def test_a_temperature_for_another_checkpoint_is_not_applied(runs, phantom_dir, 
     calibration = json.loads((tmp_path / "final" / "metrics.json").read_text())["calibration"]
     assert calibration["temperature"] is None and calibration["ece_after"] is None
     assert calibration["ece_before"]["top_label"] is not None
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("mode", ["lesion", "scan"])
+def test_inference_applies_the_temperature_in_both_modes(runs, phantom_dir, mode, tmp_path):
+    """inference.yaml on the test fold with each mode's checkpoint: one row per lesion, P(malignant) equal to the
+    evaluation's probability after temperature scaling, softmax(logit / T), to 1e-5; T recorded in predictions.json."""
+    from .conftest import run_bundle
+
+    entries = [e for e in read_datalist(phantom_dir / "datalist.json")["training"] if e["fold"] == 0]
+    datalist = tmp_path / "fold0.json"
+    datalist.write_text(json.dumps({"training": [{k: e[k] for k in ("image", "mask", "lesion_id")} for e in entries]}))
+    extra = ["--lesion_mode", "scan", "--network_name", "resnet10"] if mode == "scan" else []
+    run_bundle(
+        "run", "--config_file", "configs/inference.yaml", "--dataset_dir", str(phantom_dir), "--datalist",
+        str(datalist), "--checkpoint", str(runs / mode / "checkpoints" / "model.pt"), "--output_dir",
+        str(tmp_path / "out"), "--spatial_size", "[64,32]", "--batch_size", "4", *extra,
+    )  # fmt: skip
+    temperature = json.loads((runs / mode / "checkpoints" / TEMPERATURE_FILE).read_text())["temperature"]
+    assert json.loads((tmp_path / "out" / "predictions.json").read_text())["temperature"] == pytest.approx(temperature)
+    evaluated = {
+        r["lesion_id"]: float(r["probability"]) for r in read_rows(runs / mode / "eval" / "predictions.csv")[1]
+    }
+    inferred = {r["lesion_id"]: float(r["probability"]) for r in read_rows(tmp_path / "out" / "lesions.csv")[1]}
+    assert set(inferred) == set(evaluated) == {e["lesion_id"] for e in entries}
+    for lesion_id, p in evaluated.items():
+        logit = np.log(p) - np.log1p(-p)
+        assert inferred[lesion_id] == pytest.approx(1 / (1 + np.exp(-logit / temperature)), abs=1e-5), lesion_id

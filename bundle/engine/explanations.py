@@ -79,7 +79,10 @@ class GradCAMWriter:
 
     def __init__(self, network: torch.nn.Module, layer: str, output_dir: str | os.PathLike, threshold: float = 0.5):
         if not layer:
-            raise ValueError("Grad-CAM needs the network's layer to explain (NetworkSpec.cam_layer)")
+            raise ValueError(
+                "--explain: Grad-CAM needs the network's layer to explain (NetworkSpec.cam_layer); it works with the "
+                "per-lesion networks of bundle.nets.NETWORKS (lesion_mode lesion)"
+            )
         self.network, self.layer = network, layer
         self.output_dir, self.threshold = Path(output_dir), float(threshold)
 

@@ -180,7 +180,7 @@ class LesionResultWriter(LesionWriter):
 
     def record(self, output: Mapping[str, Any], item: Mapping[str, Any]) -> dict[str, Any]:
         meta = {k: str(item[k]) for k in META_KEYS}
-        if item[ERROR_KEY]:
+        if item.get(ERROR_KEY):  # TolerantDataset marks failed items; other datasets have none
             return {**meta, FAILED_FILE_KEY: str(item[FAILED_FILE_KEY]), ERROR_KEY: str(item[ERROR_KEY])}
         probability = malignant_probability(output["pred"])
         prediction = int(probability >= self.threshold)

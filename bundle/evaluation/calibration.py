@@ -20,7 +20,9 @@ probabilities were saved, :func:`logits_from_probabilities` gives logits (log-pr
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -198,3 +200,14 @@ def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     return logits / temperature
+
+
+def calibrated_postprocessing(postprocessing: Any, temperature: float) -> Any:
+    """``postprocessing`` (a MONAI ``Compose`` whose first step turns the logits in ``pred`` into probabilities)
+    preceded by the division of ``pred`` by ``temperature``; ``postprocessing`` itself when ``temperature`` is 1."""
+    from monai.transforms import Compose, Lambdad
+
+    if temperature == 1.0:
+        return postprocessing
+    scale = Lambdad(keys="pred", func=functools.partial(apply_temperature, temperature=float(temperature)))
+    return Compose([scale, *postprocessing.transforms])

@@ -309,3 +309,10 @@ def calibration_summary(
         called = before[:, 1] if probabilities is None else np.asarray(probabilities, dtype=np.float64)
         out["inner_youden"] = inner_threshold_metrics(y, called, float(youden["threshold"]))
     return json_ready(out)
+
+
+def checkpoint_temperature(checkpoint: str | os.PathLike) -> float:
+    """The temperature fitted for ``checkpoint`` (``temperature.json`` beside it, see :func:`read_temperature`), or
+    1.0 (no scaling) when there is none for it."""
+    record = read_temperature(Path(checkpoint).parent / "temperature.json", checkpoint)
+    return float(record["temperature"]) if record else 1.0
