@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
@@ -140,10 +139,6 @@ class StudyAnalyser:
         self.workdir.mkdir(parents=True, exist_ok=True)
         read = self.reader.analyse(scan, self.workdir, loaded, lesion_masks)
         stages = read.result["seconds_by_stage"]
-        masks = [read.hotspots.labels == r["hotspot_id"] for r in read.hotspots.records]
-        if lesion_masks is not None:  # the SEG's own segments (they may overlap: not the label image)
-            masks = [np.asarray(self.reader.image_reader.get_data(self.reader.image_reader.read(m))[0]) > 0
-                     for m in lesion_masks]  # fmt: skip
         seconds = {
             "load": round(stages["load"] + (time.perf_counter() - started) - read.result["seconds"], 3),
             "read": round(stages["regions"] + stages["lesions"], 3),
@@ -157,7 +152,7 @@ class StudyAnalyser:
             probabilities=read.probabilities,
             read=read.result,
             lesions_source="SEG" if seg_file is not None else "detected",
-            lesion_masks=masks,
+            lesion_masks=read.masks,
             model=self.model,
             seconds=seconds,
         )

@@ -135,7 +135,8 @@ class ScanRead:
     Attributes:
         array: counts (H, W) float32, stored layout. meta: the reader's metadata. regions: region map (H, W).
         hotspots: the lesions read (detected hot spots or the outlined lesions). probabilities: P(malignant) per
-        lesion, in ``hotspots.records`` order. result: the ``read.json`` content.
+        lesion, in ``hotspots.records`` order. result: the ``read.json`` content. masks: one bool (H, W) mask per
+        lesion, in the same order (outlined lesions as read, so overlapping ones stay whole).
     """
 
     array: np.ndarray
@@ -144,6 +145,7 @@ class ScanRead:
     hotspots: HotSpots
     probabilities: list[float]
     result: dict[str, Any]
+    masks: list[np.ndarray]
 
 
 class WholeScanReader:
@@ -253,6 +255,8 @@ class WholeScanReader:
         else:
             masks = [np.asarray(self.image_reader.get_data(self.image_reader.read(m))[0]) > 0 for m in lesion_masks]
             hotspots = hotspots_from_masks(masks, array, regions, pixel_mm, lesion_masks)
+        if lesion_masks is None:  # the hot spots' masks; outlined masks are kept as read (they may overlap)
+            masks = [hotspots.labels == r["hotspot_id"] for r in hotspots.records]
         label_file = Path(workdir) / "hotspots.nii.gz"
         save_layout_nifti(label_file, hotspots.labels.astype(np.int16))
         ids = [r["hotspot_id"] for r in hotspots.records]
@@ -269,7 +273,7 @@ class WholeScanReader:
             "lesions": round(lesions_at - regions_at, 3),
             "classify": round(classified_at - lesions_at, 3),
         }
-        return ScanRead(array, meta, regions, hotspots, probabilities, result)
+        return ScanRead(array, meta, regions, hotspots, probabilities, result, masks)
 
     def read_scan(self, scan: str | Sequence[str], loaded: tuple[np.ndarray, dict] | None = None) -> dict[str, Any]:
         """Read one scan and write its folder; returns its ``read.json`` content.
