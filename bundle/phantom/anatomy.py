@@ -19,6 +19,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -487,6 +488,24 @@ class BodyGeometry:
         return np.stack([mats[p] for p in PARTS])
 
 
+def draw_arm_pose(rng: np.random.Generator, hands_on_abdomen: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(abduction, elbow flexion) of both arms in degrees, each (2,): at the sides, or hands on the abdomen."""
+    abduction = rng.uniform(-1.0, 7.0, 2) if not hands_on_abdomen else rng.uniform(0.0, 6.0, 2)
+    flexion = rng.uniform(38, 52, 2) if hands_on_abdomen else rng.uniform(0, 8, 2)
+    return abduction, flexion
+
+
+def draw_posture(rng: np.random.Generator, fov_w: float) -> dict[str, Any]:
+    """Leg abduction, head and body tilt and the body's centre on the table (field of view ``fov_w`` mm wide): the
+    :class:`BodyGeometry` fields a patient changes from one scan to the next."""
+    return {
+        "leg_abduction": tuple(float(a) for a in rng.uniform(-1.0, 4.0, 2)),
+        "head_tilt": float(rng.normal(0, 2.5)),
+        "body_tilt": float(rng.normal(0, 1.2)),
+        "centre_x_mm": float(fov_w / 2 + rng.normal(0, 8)),
+    }
+
+
 def sample_body_geometry(
     rng: np.random.Generator, view_shape: tuple[int, int], pixel_mm: tuple[float, float]
 ) -> BodyGeometry:
@@ -496,8 +515,7 @@ def sample_body_geometry(
     height = min(height, 0.93 * fov_h)
     build = float(np.clip(rng.normal(1.0, 0.07), 0.86, 1.2))
     hands_on_abdomen = rng.random() < 0.15
-    abduction = rng.uniform(-1.0, 7.0, 2) if not hands_on_abdomen else rng.uniform(0.0, 6.0, 2)
-    flexion = rng.uniform(38, 52, 2) if hands_on_abdomen else rng.uniform(0, 8, 2)
+    abduction, flexion = draw_arm_pose(rng, hands_on_abdomen)
     # keep the hands inside the field of view: narrow the arms, then the build, until they fit
     half_fov = fov_w / 2 - 6.0
     for _ in range(40):
@@ -515,10 +533,7 @@ def sample_body_geometry(
         thickness_factor=float(rng.uniform(0.9, 1.1) * build**1.5),
         arm_abduction=(float(abduction[0]), float(abduction[1])),
         elbow_flexion=(float(flexion[0]), float(flexion[1])),
-        leg_abduction=tuple(float(a) for a in rng.uniform(-1.0, 4.0, 2)),
-        head_tilt=float(rng.normal(0, 2.5)),
-        body_tilt=float(rng.normal(0, 1.2)),
-        centre_x_mm=float(fov_w / 2 + rng.normal(0, 8)),
+        **draw_posture(rng, fov_w),
         top_mm=0.0,
         bladder_fill=(1.0, 1.0),
         pose="hands_on_abdomen" if hands_on_abdomen else "arms_at_sides",

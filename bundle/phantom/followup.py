@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from bundle.io import atomic_write_text
-from bundle.phantom.anatomy import BodyGeometry, reference_skeleton, render_soft_tissue
+from bundle.phantom.anatomy import BodyGeometry, draw_arm_pose, draw_posture, reference_skeleton, render_soft_tissue
 from bundle.phantom.dataset import (
     PatientJob,
     check_generation_args,
@@ -346,8 +346,7 @@ def followup_geometry(
     build = base.build * float(np.exp(rng.normal(0.0, BUILD_CHANGE_SD)))
     same = rng.random() < SAME_POSE_RATE
     hands_on_abdomen = (base.pose == "hands_on_abdomen") == same
-    abduction = rng.uniform(-1.0, 7.0, 2) if not hands_on_abdomen else rng.uniform(0.0, 6.0, 2)
-    flexion = rng.uniform(38, 52, 2) if hands_on_abdomen else rng.uniform(0, 8, 2)
+    abduction, flexion = draw_arm_pose(rng, hands_on_abdomen)
     top_max = fov_h - base.height_mm - 4 * pixel_mm[0]
     top = float(np.clip(fov_h * rng.uniform(0.035, 0.075), 2 * pixel_mm[0], top_max))
     fill = min(float(np.exp(rng.normal(0.0, 0.3))), 1.7)
@@ -357,10 +356,7 @@ def followup_geometry(
         thickness_factor=base.thickness_factor * (build / base.build) ** 1.5,
         arm_abduction=(float(abduction[0]), float(abduction[1])),
         elbow_flexion=(float(flexion[0]), float(flexion[1])),
-        leg_abduction=tuple(float(a) for a in rng.uniform(-1.0, 4.0, 2)),
-        head_tilt=float(rng.normal(0, 2.5)),
-        body_tilt=float(rng.normal(0, 1.2)),
-        centre_x_mm=float(fov_w / 2 + rng.normal(0, 8)),
+        **draw_posture(rng, fov_w),
         top_mm=top,
         bladder_fill=(fill**0.4, fill**0.6),
         pose="hands_on_abdomen" if hands_on_abdomen else "arms_at_sides",
