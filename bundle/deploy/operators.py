@@ -76,11 +76,10 @@ def is_image_storage(ds: Any) -> bool:
     return "Image Storage" in name or "Segmentation Storage" in name
 
 
-def series_files(series: DICOMSeries) -> list[str]:
-    """The file of each SOP instance of a series, in instance number order."""
+def series_instances(series: DICOMSeries) -> list[Any]:
+    """The headers of a series' SOP instances (each with its ``filename``), in instance number order."""
     natives = [s.get_native_sop_instance() for s in series.get_sop_instances()]
-    natives.sort(key=lambda ds: int(ds.get("InstanceNumber", 0) or 0))
-    return [str(ds.filename) for ds in natives]
+    return sorted(natives, key=lambda ds: int(ds.get("InstanceNumber", 0) or 0))
 
 
 def study_seg_file(study: DICOMStudy, scan_series: DICOMSeries) -> str | None:
@@ -148,9 +147,9 @@ class BoneScanClassifierOperator(Operator):
         for uid, study_selection in chosen.items():
             series = study_selection.selected_series[0].series
             try:
-                files = series_files(series)
+                headers = series_instances(series)
                 seg_file = study_seg_file(study_selection.study, series)
-                result = self.analyser.analyse(files, seg_file)
+                result = self.analyser.analyse([str(ds.filename) for ds in headers], seg_file, headers)
                 logger.info(
                     "study %s: %d lesion(s) (%s), %d malignant, BSI %.2f, P(patient) %.3f",
                     uid, len(result.probabilities), "from SEG " + seg_file if seg_file else "detected",

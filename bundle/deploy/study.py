@@ -122,16 +122,21 @@ class StudyAnalyser:
             "weights": str(checkpoint if checkpoint.is_file() else torchscript),
         }
 
-    def analyse(self, scan_files: Sequence[str], seg_file: str | None = None) -> StudyResult:
+    def analyse(
+        self, scan_files: Sequence[str], seg_file: str | None = None, sources: Sequence[Dataset] | None = None
+    ) -> StudyResult:
         """Read one study's scan (one NM file, or two single-view files) and classify its lesions: the segments of
-        ``seg_file`` when given, else the hot spots of the full read.
+        ``seg_file`` when given, else the hot spots of the full read. ``sources``: the files' headers when the caller
+        has read them already (in ``scan_files`` order).
 
         Raises:
             bundle.errors.DataError / bundle.read.reading.ScanError / ValueError: naming the file and the problem.
         """
         scan: str | list[str] = scan_files[0] if len(scan_files) == 1 else list(scan_files)
         started = time.perf_counter()
-        sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in scan_files]
+        sources = (
+            list(sources) if sources is not None else [pydicom.dcmread(f, stop_before_pixels=True) for f in scan_files]
+        )
         loaded = self.reader.load(scan)
         lesion_masks = None
         if seg_file is not None:
@@ -145,7 +150,7 @@ class StudyAnalyser:
             "classify": stages["classify"],
         }
         return StudyResult(
-            sources=sources,
+            sources=list(sources),
             scan=read.array,
             regions=read.regions,
             hotspots=read.hotspots,
