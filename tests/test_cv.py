@@ -13,11 +13,15 @@ from bundle.data import validation
 from bundle.data.datalist import read_datalist
 from bundle.evaluation.__main__ import main as evaluation_main
 from bundle.evaluation.cv import (
+    Run,
     get_args_parser,
     main,
     parse_lesion_modes,
     parse_networks,
     parse_overrides,
+    parse_run,
+    parse_runs,
+    parse_switches,
     plan_runs,
     run_name,
 )
@@ -51,9 +55,30 @@ def test_lesion_modes_and_the_runs_they_plan():
         with pytest.raises(argparse.ArgumentTypeError, match="expected distinct comma-separated lesion modes"):
             parse_lesion_modes(bad)
     assert plan_runs(["resnet50", "vgg16"], ["lesion", "scan"]) == [
-        ("resnet50", "lesion"), ("resnet50", "scan"), ("vgg16", "lesion"), ("vgg16", "scan"),
+        ("resnet50", "lesion", False, False), ("resnet50", "scan", False, False),
+        ("vgg16", "lesion", False, False), ("vgg16", "scan", False, False),
     ]  # fmt: skip
-    assert [run_name(n, m) for n, m in plan_runs(["resnet50"], ["lesion", "scan"])] == ["resnet50", "resnet50_scan"]
+    assert [r.name for r in plan_runs(["resnet50"], ["lesion", "scan"])] == ["resnet50", "resnet50_scan"]
+    assert [run_name(n, m) for n, m in (("resnet50", "lesion"), ("resnet50", "scan"))] == ["resnet50", "resnet50_scan"]
+    options = plan_runs(["resnet50"], ["lesion", "scan"], [False, True], [False, True])
+    assert [r.name for r in options] == [
+        "resnet50", "resnet50_context", "resnet50_patch", "resnet50_patch_context",
+        "resnet50_scan", "resnet50_scan_context", "resnet50_scan_patch", "resnet50_scan_patch_context",
+    ]  # fmt: skip
+    assert [parse_run(r.name) for r in options] == options  # names and runs map one to one
+    assert options[-1].overrides() == {
+        "network_name": "resnet50", "lesion_mode": "scan", "local_patch": True, "context_masks": True,
+    }  # fmt: skip
+    assert parse_runs("densenet169_context, resnet18_scan") == [
+        Run("densenet169", "lesion", False, True), Run("resnet18", "scan", False, False),
+    ]  # fmt: skip
+    for bad in ("", "resnet50_patch_scan", "resnet50_scan,resnet50_scan", "resnet50_local", "alexnet"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_runs(bad)
+    assert parse_switches("false, true") == [False, True] and parse_switches("on") == [True]
+    for bad in ("", "maybe", "true,true"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected false, true or false,true"):
+            parse_switches(bad)
     with pytest.raises(ValueError, match="not available: inception_v3 in scan mode"):
         plan_runs(["inception_v3"], ["scan"])
     with pytest.raises(ValueError, match="not available: resnet10 in lesion mode"):
@@ -90,6 +115,9 @@ def test_cv_flags_and_their_defaults():
         (["--max_epoch", "1"], "not an id of train.yaml or evaluate.yaml: --max_epoch"),
         (["--lesion_mode", "pixel"], "expected distinct comma-separated lesion modes"),
         (["--lesion_mode", "scan", "--networks", "inception_v3"], "not available: inception_v3 in scan mode"),
+        (["--runs", "inception_v3_scan_patch"], "not available: inception_v3 in scan mode"),
+        (["--local_patch", "true", "--runs", "resnet50"], "--runs names the runs"),
+        (["--context_masks", "true"] * 1 + ["--local_patch", "maybe"], "expected false, true or false,true"),
     ],
 )
 def test_cv_refuses_runner_keys_old_flags_and_unknown_overrides(phantom_dir, tmp_path, capsys, flags, message):
@@ -110,7 +138,10 @@ def test_evaluation_help_lists_every_command_and_flag(capsys):
         for command, usage in usages.items()
     }
     assert flags == {
-        "cv": {"--out", "--folds", "--networks", "--lesion_mode", "--threshold", "--bootstrap", "--no_report"},
+        "cv": {
+            "--out", "--folds", "--networks", "--lesion_mode", "--local_patch", "--context_masks", "--runs",
+            "--threshold", "--bootstrap", "--no_report",
+        },
         "report": {
             "--datalist", "--out", "--threshold", "--bootstrap", "--seed", "--reference_network", "--network_name",
             "--selection_note", "--cv_summary",

@@ -17,6 +17,7 @@ holds what the network reads **per scan** and everything else **per lesion** (N 
     batch["masks"]         (B, L_max, H, W)   masks, padded with empty masks
     batch["lesion_valid"]  (B, L_max) bool    True for real lesions
     batch["labels"]        (B, L_max) int64   labels, padded with -1
+    batch["patch"]         (B, L_max, 3, P, P) local patches, zero-padded (``local_patch`` only; per item (3L, P, P))
     batch["lesion_id"]     N values           per-lesion lists (``lesion_keys``) flattened
     batch["patient_id"]    N values           every other key repeated for each lesion of its scan
 
@@ -40,6 +41,7 @@ from monai.data.image_reader import ImageReader
 from monai.engines.utils import PrepareBatch
 from monai.transforms import LoadImage, MapTransform
 
+from bundle.data.local_inputs import PATCH_CHANNELS, PATCH_KEY, add_context_masks
 from bundle.data.paths import image_key
 from bundle.errors import EntryKeyError, PatientFoldError, ProblemsError, ShapeMismatchError
 
@@ -76,13 +78,16 @@ def is_scan_mode(lesion_mode: str) -> bool:
     return lesion_mode == "scan"
 
 
-def items_for_mode(entries: Sequence[Mapping[str, Any]], lesion_mode: str) -> Sequence[Mapping[str, Any]]:
-    """The items of a split for ``lesion_mode``: ``entries`` themselves (``"lesion"``, one per lesion), or
-    :func:`group_by_scan` of them (``"scan"``), each with a ``scan`` string (the entries' own, else the image path or
-    a two-file scan's paths joined by " + ", as the inference writer's ``scan`` column). Raises ValueError on another
-    mode."""
+def items_for_mode(
+    entries: Sequence[Mapping[str, Any]], lesion_mode: str, context_masks: bool = False
+) -> Sequence[Mapping[str, Any]]:
+    """The items of a split for ``lesion_mode``: ``entries`` themselves (``"lesion"``, one per lesion; with
+    ``context_masks`` each with the mask paths of its scan's other lesions, :func:`~bundle.data.local_inputs.
+    add_context_masks`), or :func:`group_by_scan` of them (``"scan"``, where the network takes the context from the
+    masks it has), each with a ``scan`` string (the entries' own, else the image path or a two-file scan's paths
+    joined by " + ", as the inference writer's ``scan`` column). Raises ValueError on another mode."""
     if not is_scan_mode(lesion_mode):
-        return entries
+        return add_context_masks(entries) if context_masks else entries
     scans = group_by_scan(entries)
     for scan in scans:
         image = scan["image"]
@@ -202,6 +207,7 @@ def pad_lesions_collate(
     mask_key: str = "masks",
     label_key: str = "labels",
     lesion_keys: Sequence[str] = ("lesion_id", "mask_file"),
+    patch_key: str = PATCH_KEY,
 ) -> dict[str, Any]:
     """Collate scan items with different lesion counts: per-scan tensors, padded masks and labels, per-lesion rest.
 
@@ -211,6 +217,8 @@ def pad_lesions_collate(
         label_key: key of the labels, collated to (B, L_max) int64 padded with -1.
         lesion_keys: keys of per-lesion lists (L_i values each), flattened to one list of N values; absent keys are
             skipped.
+        patch_key: key of the local patches (C * L_i, P_h, P_w) when the items have them, collated to
+            (B, L_max, C, P_h, P_w) with zero patches as padding.
 
     Returns:
         the collated dict (module docstring): :data:`LESION_VALID_KEY` (B, L_max) bool added; every other key whose
@@ -236,6 +244,9 @@ def pad_lesions_collate(
         valid[i, :n] = True
     collated: dict[str, Any] = {mask_key: padded, LESION_VALID_KEY: valid}
     handled = {mask_key}
+    if all(patch_key in item for item in batch) and batch:
+        collated[patch_key] = pad_patches([torch.as_tensor(item[patch_key]) for item in batch], counts)
+        handled.add(patch_key)
     if all(label_key in item for item in batch):
         labels = torch.full((len(batch), l_max), PADDED_LABEL, dtype=torch.int64)
         for i, (item, n) in enumerate(zip(batch, counts, strict=True)):
@@ -261,6 +272,30 @@ def pad_lesions_collate(
     return collated
 
 
+def pad_patches(patches: Sequence[torch.Tensor], counts: Sequence[int]) -> torch.Tensor:
+    """Per-scan patches (C * L_i, P_h, P_w) -> (B, L_max, C, P_h, P_w), zero-padded.
+
+    Raises:
+        ValueError: patches of different sizes, or channels not a multiple of the scan's lesion count.
+    """
+    sizes = {tuple(p.shape[1:]) for p in patches}
+    channels = {p.shape[0] // n for p, n in zip(patches, counts, strict=True) if n} or {PATCH_CHANNELS}
+    c = max(channels)
+    if (
+        len(sizes) != 1
+        or len(channels) != 1
+        or any(p.ndim != 3 or p.shape[0] != n * c for p, n in zip(patches, counts, strict=True))
+    ):
+        raise ValueError(
+            f"local patches must be (C * L, P_h, P_w) with one C and (P_h, P_w), got "
+            f"{[tuple(p.shape) for p in patches]} for {list(counts)} lesions"
+        )
+    out = torch.zeros((len(patches), max(counts, default=0), c, *sizes.pop()), dtype=torch.float32)
+    for i, (p, n) in enumerate(zip(patches, counts, strict=True)):
+        out[i, :n] = p.reshape(n, c, *p.shape[1:])
+    return out
+
+
 class PrepareScanBatch(PrepareBatch):
     """``prepare_batch`` of MONAI's ``SupervisedTrainer``/``SupervisedEvaluator`` for batches of
     :func:`pad_lesions_collate`: the engine then calls ``network(image, lesion_masks=..., lesion_valid=...)`` and
@@ -272,14 +307,20 @@ class PrepareScanBatch(PrepareBatch):
 
     Returns (when called):
         ``(image (B, 1, H, W), targets (N, num_classes) float or None without labels, (), {"lesion_masks":
-        (B, L_max, H, W), "lesion_valid": (B, L_max)})``, all on ``device``.
+        (B, L_max, H, W), "lesion_valid": (B, L_max)[, "lesion_patches": (B, L_max, 3, P_h, P_w)]})``, all on
+        ``device`` (the patches when the batch has ``patch_key``).
     """
 
     def __init__(
-        self, num_classes: int = 2, image_key: str = "image", mask_key: str = "masks", label_key: str = "labels"
+        self,
+        num_classes: int = 2,
+        image_key: str = "image",
+        mask_key: str = "masks",
+        label_key: str = "labels",
+        patch_key: str = PATCH_KEY,
     ) -> None:
         self.num_classes = num_classes
-        self.image_key, self.mask_key, self.label_key = image_key, mask_key, label_key
+        self.image_key, self.mask_key, self.label_key, self.patch_key = image_key, mask_key, label_key, patch_key
 
     def __call__(
         self,
@@ -297,4 +338,6 @@ class PrepareScanBatch(PrepareBatch):
             labels = torch.as_tensor(batchdata[self.label_key])[valid]
             targets = move(torch.nn.functional.one_hot(labels, self.num_classes).float())
         masks = {"lesion_masks": move(batchdata[self.mask_key]), "lesion_valid": move(valid)}
+        if self.patch_key in batchdata:
+            masks["lesion_patches"] = move(batchdata[self.patch_key])
         return move(batchdata[self.image_key]), targets, (), masks

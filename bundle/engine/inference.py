@@ -202,7 +202,7 @@ class ScanCachedCompose(Compose):
         for t in self.transforms:
             if not isinstance(t, MapTransform) or isinstance(t, Randomizable) or hasattr(t, "name"):
                 break
-            if hasattr(t, "names"):
+            if hasattr(t, "names") or getattr(t, "combines_keys", False):
                 break
             split += 1
         self.per_key = [copy.copy(t) for t in self.transforms[:split]]

@@ -7,20 +7,23 @@ Typical usage::
     python -m bundle.evaluation cv --out outputs/cv --networks resnet50,densenet169,vgg16,inception_v3
     python -m bundle.evaluation cv --out outputs/cv --folds 0 1            # two of the folds only
     python -m bundle.evaluation cv --out outputs/cv --lesion_mode lesion,scan   # the paper's method vs one pass
+    python -m bundle.evaluation cv --out outputs/cv --lesion_mode scan --local_patch false,true --context_masks true
+    python -m bundle.evaluation cv --out outputs/cv --runs resnet50,resnet50_scan,resnet50_scan_patch_context
 
 Each fold runs the bundle's own workflows — ``configs/train.yaml`` (run id ``training``) and then
 ``configs/train.yaml`` + ``configs/evaluate.yaml`` (run id ``evaluating``) — with the overrides given here, into
-``OUT/<run>/fold<k>/``: a run is a network in a ``lesion_mode`` (``--lesion_mode lesion,scan`` runs each network in
-both), named ``<network>`` in the paper's per-lesion mode and ``<network>_scan`` in the one-pass mode (the
-``network`` column of the pooled predictions and the report). Any option that is not the runner's own is passed to
-the bundle as an override (``--max_epochs 5``, ``--spatial_size "[128,64]"``, ``--device cpu``, ``--dataset_dir
-...``); ``--fold``, ``--network_name``, ``--output_dir`` and ``--lesion_mode`` are the runner's (``--folds``,
-``--networks``, ``--out``, ``--lesion_mode``). The datalist is validated once, every entry (each fold is a training
-fold of the others), before the first fold that runs; the folds then run with ``validate_data: false``. A fold whose
-evaluation finished is skipped; an interrupted fold resumes from its newest checkpoint. At the end the out-of-fold
-predictions of all lesions are pooled into ``OUT/predictions.csv`` and the report (``python -m bundle.evaluation
-report``) is written to ``OUT/report/``, with each fold's temperature and inner-split Youden threshold (from its
-``metrics.json``) for the calibration and threshold sections.
+``OUT/<run>/fold<k>/``: a run is a network in a ``lesion_mode`` with or without ``local_patch`` and
+``context_masks`` (train.yaml's options beyond the paper; each flag takes a comma-separated list and every
+combination is run, or ``--runs`` names the runs), named ``<network>`` for the paper's method and
+``<network>[_scan][_patch][_context]`` otherwise (the ``network`` column of the pooled predictions and the report).
+Any option that is not the runner's own is passed to the bundle as an override (``--max_epochs 5``,
+``--spatial_size "[128,64]"``, ``--device cpu``, ``--dataset_dir ...``); ``--fold``, ``--network_name``,
+``--output_dir``, ``--lesion_mode``, ``--local_patch`` and ``--context_masks`` are the runner's. The datalist is
+validated once, every entry (each fold is a training fold of the others), before the first fold that runs; the folds
+then run with ``validate_data: false``. A fold whose evaluation finished is skipped; an interrupted fold resumes from
+its newest checkpoint. At the end the out-of-fold predictions of all lesions are pooled into ``OUT/predictions.csv`` and
+the report (``python -m bundle.evaluation report``) is written to ``OUT/report/``, with each fold's temperature and
+inner-split Youden threshold (from its ``metrics.json``) for the calibration and threshold sections.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 from ignite.engine import Engine, Events
@@ -55,7 +58,16 @@ logger = logging.getLogger("bundle.evaluation.cv")
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"  # the bundle root holds the package
 POOLED_COLUMNS = ("lesion_id", "patient_id", "label", "probability", "prediction", "fold", "network")
 # bundle config ids the runner sets for each fold, and the runner's flag for each
-RUNNER_KEYS = {"fold": "--folds", "network_name": "--networks", "output_dir": "--out", "lesion_mode": "--lesion_mode"}
+RUNNER_KEYS = {
+    "fold": "--folds",
+    "network_name": "--networks",
+    "output_dir": "--out",
+    "lesion_mode": "--lesion_mode",
+    "local_patch": "--local_patch",
+    "context_masks": "--context_masks",
+}
+#: the name suffix of each option of a run (:meth:`Run.name`)
+OPTION_SUFFIXES = {"scan": "_scan", "local_patch": "_patch", "context_masks": "_context"}
 # former flags of the runner, refused instead of being passed on as bundle overrides
 RENAMED_FLAGS = {"--compare": "--networks", "--network": "--networks", "--no-report": "--no_report"}
 
@@ -118,25 +130,114 @@ def parse_lesion_modes(text: str) -> list[str]:
     return modes
 
 
+def parse_switches(text: str) -> list[bool]:
+    """``"false,true"`` → ``[False, True]``: the values of an on/off option of the runs (``--local_patch``).
+
+    Raises:
+        argparse.ArgumentTypeError: an empty list, a repeated or unknown value (true/false, yes/no, on/off, 1/0).
+    """
+    words = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+    values = [words.get(v.strip().lower()) for v in text.split(",") if v.strip()]
+    if not values or None in values or len(set(values)) < len(values):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected false, true or false,true")
+    return values  # type: ignore[return-value]
+
+
+class Run(NamedTuple):
+    """One row of the comparison: a network trained in a lesion mode with or without the options beyond the paper."""
+
+    network: str
+    lesion_mode: str = "lesion"
+    local_patch: bool = False
+    context_masks: bool = False
+
+    @property
+    def name(self) -> str:
+        """``resnet50`` (the paper's method), ``resnet50_scan``, ``resnet50_patch_context``, ... (:func:`parse_run`)."""
+        return (
+            self.network
+            + (OPTION_SUFFIXES["scan"] if self.lesion_mode == "scan" else "")
+            + (OPTION_SUFFIXES["local_patch"] if self.local_patch else "")
+            + (OPTION_SUFFIXES["context_masks"] if self.context_masks else "")
+        )
+
+    def overrides(self) -> dict[str, Any]:
+        """The bundle overrides of this run."""
+        return {
+            "network_name": self.network,
+            "lesion_mode": self.lesion_mode,
+            "local_patch": self.local_patch,
+            "context_masks": self.context_masks,
+        }
+
+
 def run_name(network: str, lesion_mode: str) -> str:
     """The name of a network trained in a lesion mode: ``resnet50`` (per lesion) or ``resnet50_scan`` (one pass)."""
-    return network if lesion_mode == "lesion" else f"{network}_{lesion_mode}"
+    return Run(network, lesion_mode).name
 
 
-def plan_runs(networks: Sequence[str], lesion_modes: Sequence[str]) -> list[tuple[str, str]]:
-    """The (network, lesion_mode) pairs to run, mode by mode for each network (the first is the report's reference).
+def parse_run(name: str) -> Run:
+    """The run of a name of :attr:`Run.name` (``resnet50_scan_patch`` → ``Run("resnet50", "scan", True, False)``).
+
+    Raises:
+        ValueError: an unknown network or suffix, naming the valid ones.
+    """
+    known = sorted(dict.fromkeys([*NETWORKS, *BACKBONES]), key=len, reverse=True)
+    network = next((n for n in known if name == n or name.startswith(n + "_")), None)
+    rest = name[len(network) :] if network else ""
+    suffixes = list(OPTION_SUFFIXES.values())
+    parts = [f"_{p}" for p in rest.split("_")[1:]]
+    if network is None or any(p not in suffixes for p in parts) or parts != sorted(set(parts), key=suffixes.index):
+        raise ValueError(
+            f"{name!r}: a run is <network>[_scan][_patch][_context] in this order, network one of "
+            f"{', '.join(sorted(known))}"
+        )
+    return Run(network, "scan" if "_scan" in parts else "lesion", "_patch" in parts, "_context" in parts)
+
+
+def parse_runs(text: str) -> list[Run]:
+    """``"resnet50,resnet50_scan_patch"`` → the distinct runs (:func:`parse_run`).
+
+    Raises:
+        argparse.ArgumentTypeError: an empty list, an unknown or repeated run.
+    """
+    try:
+        runs = [parse_run(n.strip()) for n in text.split(",") if n.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if not runs or len(set(runs)) < len(runs):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected distinct comma-separated run names")
+    return runs
+
+
+def plan_runs(
+    networks: Sequence[str],
+    lesion_modes: Sequence[str],
+    local_patch: Sequence[bool] = (False,),
+    context_masks: Sequence[bool] = (False,),
+) -> list[Run]:
+    """Every combination, network by network, then mode, local patch and context (the first is the report's
+    reference).
 
     Raises:
         ValueError: a network that the mode cannot use (per-lesion mode: :data:`bundle.nets.NETWORKS`; scan mode:
             :data:`bundle.nets.onepass.BACKBONES`).
     """
+    runs = [Run(n, m, p, c) for n in networks for m in lesion_modes for p in local_patch for c in context_masks]
+    check_runs(runs)
+    return runs
+
+
+def check_runs(runs: Sequence[Run]) -> None:
+    """Raise ValueError naming every run whose network its lesion mode cannot use."""
     allowed = {"lesion": NETWORKS, "scan": BACKBONES}
-    bad = [f"{n} in {m} mode" for n in networks for m in lesion_modes if n not in allowed[m]]
+    bad = list(
+        dict.fromkeys(f"{r.network} in {r.lesion_mode} mode" for r in runs if r.network not in allowed[r.lesion_mode])
+    )
     if bad:
         raise ValueError(
             f"not available: {', '.join(bad)} (lesion mode: {', '.join(NETWORKS)}; scan mode: {', '.join(BACKBONES)})"
         )
-    return [(n, m) for n in networks for m in lesion_modes]
 
 
 class EpochCallback:
@@ -214,12 +315,10 @@ class CrossValidation:
             check_datalist(self.datalist, self.dataset_dir, self.image_reader)
         self.data_checked = True
 
-    def fold_dir(self, network: str, fold: int, lesion_mode: str = "lesion") -> Path:
-        return self.out_dir / run_name(network, lesion_mode) / f"fold{fold}"
+    def fold_dir(self, run: Run, fold: int) -> Path:
+        return self.out_dir / run.name / f"fold{fold}"
 
-    def _workflow(
-        self, network: str, fold: int, evaluate: bool, lesion_mode: str = "lesion", **extra: Any
-    ) -> ConfigWorkflow:
+    def _workflow(self, run: Run, fold: int, evaluate: bool, **extra: Any) -> ConfigWorkflow:
         configs = [str(self.config_dir / "train.yaml")]
         if evaluate:
             configs.append(str(self.config_dir / "evaluate.yaml"))
@@ -232,23 +331,20 @@ class CrossValidation:
             **{
                 **self.overrides,
                 "fold": fold,
-                "output_dir": str(self.fold_dir(network, fold, lesion_mode)),
-                "network_name": network,
-                "lesion_mode": lesion_mode,
+                "output_dir": str(self.fold_dir(run, fold)),
+                **run.overrides(),
                 "validate_data": False,  # validated once for all folds (check_data)
                 **extra,
             },
         )
 
-    def run_fold(
-        self, network: str, fold: int, on_epoch: Callable[[], None] | None = None, lesion_mode: str = "lesion"
-    ) -> dict[str, Any]:
-        """Train (or resume) and evaluate one fold; returns its summary (``network`` is the run's name,
-        :func:`run_name`). A finished fold is only read back."""
-        name = run_name(network, lesion_mode)
-        fold_dir = self.fold_dir(network, fold, lesion_mode)
+    def run_fold(self, run: Run, fold: int, on_epoch: Callable[[], None] | None = None) -> dict[str, Any]:
+        """Train (or resume) and evaluate one fold of a run; returns its summary (``network`` is the run's name,
+        :attr:`Run.name`). A finished fold is only read back."""
+        name = run.name
+        fold_dir = self.fold_dir(run, fold)
         metrics_file = fold_dir / "eval" / "metrics.json"
-        identity = {"fold": fold, "network": name, "network_name": network, "lesion_mode": lesion_mode}
+        identity = {"fold": fold, "network": name, "network_name": run.network, **run.overrides()}
         if metrics_file.is_file():
             logger.info(f"{name} fold {fold}: finished earlier, skipped ({metrics_file})")
             return {**json.loads(metrics_file.read_text()), **identity, "skipped": True}
@@ -261,7 +357,7 @@ class CrossValidation:
             except FileNotFoundError:
                 resume = False
             logger.info(f"{name} fold {fold}: {'resuming' if resume else 'training'} in {fold_dir}")
-            train = self._workflow(network, fold, evaluate=False, lesion_mode=lesion_mode, resume=resume)
+            train = self._workflow(run, fold, evaluate=False, resume=resume)
             if on_epoch is not None:
                 # a handler added to the config, not to an early-instantiated trainer: instantiating the trainer
                 # before `training` runs would draw the network's random init in another order than the bundle CLI
@@ -271,7 +367,7 @@ class CrossValidation:
             train.finalize()
         train_seconds = time.perf_counter() - started
 
-        evaluation = self._workflow(network, fold, evaluate=True, lesion_mode=lesion_mode)
+        evaluation = self._workflow(run, fold, evaluate=True)
         evaluation.initialize()
         evaluation.run()
         evaluation.finalize()
@@ -284,15 +380,13 @@ class CrossValidation:
             "total_seconds": round(time.perf_counter() - started, 1),
         }
 
-    def pooled_predictions(
-        self, networks: Sequence[str], folds: Sequence[int], lesion_modes: Sequence[str] = ("lesion",)
-    ) -> list[dict[str, Any]]:
+    def pooled_predictions(self, runs: Sequence[Run], folds: Sequence[int]) -> list[dict[str, Any]]:
         """Out-of-fold predictions of every lesion, with ``fold`` and ``network`` (the run's name) columns."""
         rows = []
-        for network, mode in plan_runs(networks, lesion_modes):
+        for run in runs:
             for fold in folds:
-                with open(self.fold_dir(network, fold, mode) / "eval" / "predictions.csv", newline="") as f:
-                    rows += [{**row, "fold": fold, "network": run_name(network, mode)} for row in csv.DictReader(f)]
+                with open(self.fold_dir(run, fold) / "eval" / "predictions.csv", newline="") as f:
+                    rows += [{**row, "fold": fold, "network": run.name} for row in csv.DictReader(f)]
         return rows
 
 
@@ -302,8 +396,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         prog="python -m bundle.evaluation cv",
         description=__doc__.split("\n\n")[0],
         epilog="Other --key value options are bundle overrides, e.g. --max_epochs 5 --spatial_size '[128,64]' "
-        "--dataset_dir DIR; --fold, --network_name, --output_dir and --lesion_mode are the runner's (--folds, "
-        "--networks, --out, --lesion_mode).",
+        "--dataset_dir DIR; --fold, --network_name, --output_dir, --lesion_mode, --local_patch and --context_masks "
+        "are the runner's (--folds, --networks, --out, --lesion_mode, --local_patch, --context_masks or --runs).",
         allow_abbrev=False,  # an override such as --fold must not be taken for --folds
     )
     parser.add_argument("--out", required=True, help="output folder (created; reused to resume)")
@@ -330,6 +424,27 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="comma-separated lesion modes, each network trained in each: lesion (one pass per lesion, the "
         "paper's) and/or scan (one pass per scan; runs named <network>_scan) (default: lesion)",
     )
+    parser.add_argument(
+        "--local_patch",
+        type=parse_switches,
+        default="false",
+        help="false, true or false,true: each run without and/or with the full-resolution local patch (runs named "
+        "..._patch) (default: false)",
+    )
+    parser.add_argument(
+        "--context_masks",
+        type=parse_switches,
+        default="false",
+        help="false, true or false,true: each run without and/or with the other lesions as context (runs named "
+        "..._context) (default: false)",
+    )
+    parser.add_argument(
+        "--runs",
+        type=parse_runs,
+        default=None,
+        help="comma-separated run names <network>[_scan][_patch][_context] instead of every combination of "
+        "--networks, --lesion_mode, --local_patch and --context_masks (e.g. resnet50,resnet50_scan_patch)",
+    )
     parser.add_argument("--threshold", type=float, default=0.5, help="malignancy threshold (default: 0.5)")
     parser.add_argument("--bootstrap", type=int, default=2000, help="patient bootstrap resamples (default: 2000)")
     parser.add_argument("--no_report", action="store_true", help="skip the report at the end (default: off)")
@@ -344,10 +459,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if token.split("=")[0] in RENAMED_FLAGS:
             parser.error(f"{token.split('=')[0]} is now {RENAMED_FLAGS[token.split('=')[0]]}")
     overrides = {**parse_overrides(rest), "threshold": args.threshold}  # the folds' metrics use the same threshold
-    networks: list[str] = args.networks
-    modes: list[str] = args.lesion_mode
+    tokens = [t.split("=")[0] for t in (sys.argv[1:] if argv is None else argv)]
+    product_flags = [f for f in ("--networks", "--lesion_mode", "--local_patch", "--context_masks") if f in tokens]
+    if args.runs is not None and product_flags:
+        parser.error(f"--runs names the runs: leave out {', '.join(product_flags)}")
     try:
-        runs = plan_runs(networks, modes)
+        if args.runs is not None:
+            runs: list[Run] = args.runs
+            check_runs(runs)
+        else:
+            runs = plan_runs(args.networks, args.lesion_mode, args.local_patch, args.context_masks)
         cv = CrossValidation(args.out, overrides)
         folds = cv.folds(args.folds)
     except ValueError as err:
@@ -355,16 +476,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     summaries = []
     total = len(runs) * len(folds) * cv.max_epochs
     with tqdm(total=total, desc="cross-validation epochs", unit="epoch", file=sys.stderr) as bar:
-        for index, (network, mode) in enumerate(runs):
+        for index, run in enumerate(runs):
             for fold in folds:
-                bar.set_postfix_str(f"{run_name(network, mode)} fold {fold}")
-                summary = cv.run_fold(network, fold, on_epoch=lambda: bar.update(1), lesion_mode=mode)
+                bar.set_postfix_str(f"{run.name} fold {fold}")
+                summary = cv.run_fold(run, fold, on_epoch=lambda: bar.update(1))
                 bar.n = (index * len(folds) + folds.index(fold) + 1) * cv.max_epochs
                 bar.refresh()
                 summaries.append(summary)
 
     out = Path(args.out)
-    rows = cv.pooled_predictions(networks, folds, modes)
+    rows = cv.pooled_predictions(runs, folds)
     atomic_write_csv(out / "predictions.csv", rows, POOLED_COLUMNS)
     atomic_write_text(
         out / "cv_summary.json",
@@ -381,7 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cv.entries,
             threshold=args.threshold,
             bootstrap=args.bootstrap,
-            reference_network=run_name(*runs[0]),
+            reference_network=runs[0].name,
             selection_note=note,
             calibration=fold_calibration(summaries),
         )

@@ -40,6 +40,8 @@ class NetworkSpec:
         min_size: smallest H and W the network computes on as designed.
         description: one line for humans.
         cam_layer: the module whose activations Grad-CAM explains (the last convolutional stage).
+        classifier_layer: the final ``nn.Linear`` (features -> logits), replaced when a local stream is fused
+            (:mod:`bundle.nets.tandem`).
     """
 
     build: Callable[[int, int], nn.Module]
@@ -49,6 +51,7 @@ class NetworkSpec:
     min_size: int = 32
     description: str = ""
     cam_layer: str = ""
+    classifier_layer: str = ""
 
 
 def _resnet50(in_channels: int, num_classes: int) -> nn.Module:
@@ -74,6 +77,7 @@ NETWORKS: Mapping[str, NetworkSpec] = MappingProxyType(
             min_size=1,
             description="MONAI ResNet50 with torchvision's layout (the paper's main model)",
             cam_layer="layer4",
+            classifier_layer="fc",
         ),
         "densenet169": NetworkSpec(
             build=densenet.densenet169,
@@ -83,6 +87,7 @@ NETWORKS: Mapping[str, NetworkSpec] = MappingProxyType(
             min_size=29,
             description="MONAI DenseNet169; torchvision keys renamed to MONAI's",
             cam_layer="features",
+            classifier_layer="class_layers.out",
         ),
         "vgg16": NetworkSpec(
             build=_vgg16,
@@ -91,6 +96,7 @@ NETWORKS: Mapping[str, NetworkSpec] = MappingProxyType(
             min_size=32,
             description="VGG16 without batch norm, torchvision names; pretrained fc6/fc7 kept",
             cam_layer="features",
+            classifier_layer="classifier.6",
         ),
         "inception_v3": NetworkSpec(
             build=_inception_v3,
@@ -100,6 +106,7 @@ NETWORKS: Mapping[str, NetworkSpec] = MappingProxyType(
             min_size=75,
             description="InceptionV3 without aux classifier, torchvision names; smaller inputs zero-padded to 75",
             cam_layer="Mixed_7c",
+            classifier_layer="fc",
         ),
     }
 )

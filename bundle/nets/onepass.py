@@ -10,13 +10,18 @@ backbone of one of the paper's networks runs **once** on the scan, and each lesi
 2. feature maps of several stages (``stages``; for ResNets ``layer1``..``layer4``, strides 4..32);
 3. per lesion and stage, the mask-weighted average of the feature map (the mask resized to the map with area
    interpolation, so every non-empty mask keeps a non-zero weight however small it gets), concatenated over stages;
-4. a small MLP head (LayerNorm, Linear, ReLU, Dropout, Linear) -> ``num_classes`` logits.
+4. optionally (``context_masks``) the same average over the **other** lesions' area (the union of the scan's other
+   valid masks; zeros for a scan's only lesion) appended: how the rest of the scan's lesions look;
+5. optionally (``local_patch``) the lesion's full-resolution patch encoded by the local stream
+   (:class:`bundle.nets.tandem.PatchEncoder`; patches from :class:`bundle.data.local_inputs.LesionPatchd`) appended;
+6. a small MLP head (LayerNorm, Linear, ReLU, Dropout, Linear) -> ``num_classes`` logits.
 
 Shapes (B scans, at most L lesions per scan, N = number of valid lesions in the batch)::
 
     image         (B, 1, H, W)       the preprocessed scan
     lesion_masks  (B, L, H, W)       lesion masks padded with empty masks to L (L may be 0)
     lesion_valid  (B, L) bool        True for real lesions
+    lesion_patches (B, L, 3, P, P)   local patches (``local_patch`` only)
     forward(...)  (N, num_classes)   logits of the valid lesions, scan by scan in mask order
                                      (the order of ``lesion_valid.nonzero()``, the order of ``labels[lesion_valid]``)
 
@@ -42,12 +47,14 @@ from monai.networks.nets import resnet10, resnet18, resnet34
 from torch import nn
 
 from bundle.nets import NETWORKS, load_weights
+from bundle.nets.tandem import PatchEncoder
 
 __all__ = [
     "BACKBONES",
     "BackboneSpec",
     "FeatureExtractor",
     "OnePassLesionClassifier",
+    "context_union",
     "masked_average_pool",
     "per_lesion_logits",
     "scatter_lesions",
@@ -214,6 +221,9 @@ class OnePassLesionClassifier(nn.Module):
         dropout: dropout probability before the head's last layer.
         pretrained_weights: local torchvision-format ImageNet ``state_dict`` of the backbone's paper network (its
             first convolution adapted to ``in_channels``); ``None``/``""``: random initialisation.
+        context_masks: also pool the other lesions' area (module docstring, step 4).
+        local_patch: also encode each lesion's full-resolution patch (step 5); ``forward`` then needs
+            ``lesion_patches``.
     """
 
     def __init__(
@@ -225,14 +235,21 @@ class OnePassLesionClassifier(nn.Module):
         hidden_channels: int = 256,
         dropout: float = 0.0,
         pretrained_weights: str | os.PathLike | None = None,
+        context_masks: bool = False,
+        local_patch: bool = False,
     ) -> None:
         super().__init__()
         if in_channels not in (1, 2):
             raise ValueError(f"in_channels must be 1 (scan) or 2 (scan + union of lesion masks), got {in_channels}")
         self.in_channels = in_channels
         self.num_classes = num_classes
+        self.context_masks, self.local_patch = bool(context_masks), bool(local_patch)
         self.backbone = FeatureExtractor(backbone, in_channels, stages, pretrained_weights)
-        feature_channels = sum(self.feature_channels())
+        feature_channels = sum(self.feature_channels()) * (2 if self.context_masks else 1)
+        # built only when used: the default network draws the same random initialisation as before
+        self.local_stream = PatchEncoder() if self.local_patch else None
+        if self.local_stream is not None:
+            feature_channels += PatchEncoder.out_features
         self.head = nn.Sequential(
             nn.LayerNorm(feature_channels),
             nn.Linear(feature_channels, hidden_channels),
@@ -266,20 +283,47 @@ class OnePassLesionClassifier(nn.Module):
     def lesion_features(
         self, image: torch.Tensor, lesion_masks: torch.Tensor, lesion_valid: torch.Tensor
     ) -> torch.Tensor:
-        """Pooled features (B, L, D) of every mask, padding included (D = sum of :meth:`feature_channels`)."""
+        """Pooled features (B, L, D) of every mask, padding included (D = sum of :meth:`feature_channels`, twice
+        that with ``context_masks``: each lesion's own area, then the other lesions' area)."""
         maps = self.backbone(self.backbone_input(image, lesion_masks, lesion_valid))
-        return torch.cat([masked_average_pool(m, lesion_masks) for m in maps], dim=-1)
+        pools = [lesion_masks, context_union(lesion_masks, lesion_valid)] if self.context_masks else [lesion_masks]
+        return torch.cat([masked_average_pool(m, weights) for weights in pools for m in maps], dim=-1)
 
-    def forward(self, image: torch.Tensor, lesion_masks: torch.Tensor, lesion_valid: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        image: torch.Tensor,
+        lesion_masks: torch.Tensor,
+        lesion_valid: torch.Tensor,
+        lesion_patches: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Logits (N, num_classes) of the N valid lesions in ``lesion_valid.nonzero()`` order.
 
         Args:
             image: (B, 1, H, W) scans.
             lesion_masks: (B, L, H, W) masks, padded with empty masks; L may be 0.
             lesion_valid: (B, L) bool, True for real lesions.
+            lesion_patches: (B, L, 3, P_h, P_w) local patches (required with ``local_patch``, else ignored).
         """
-        features = self.lesion_features(image, lesion_masks, lesion_valid)
-        return self.head(features[lesion_valid.bool()])
+        valid = lesion_valid.bool()
+        features = self.lesion_features(image, lesion_masks, lesion_valid)[valid]
+        if self.local_stream is not None:
+            features = torch.cat([features, self.encode_patches(lesion_patches, valid)], dim=-1)
+        return self.head(features)
+
+    def encode_patches(self, lesion_patches: torch.Tensor | None, lesion_valid: torch.Tensor) -> torch.Tensor:
+        """Local-stream features (N, 512) of the valid lesions' patches (B, L, C, P_h, P_w), in float32.
+
+        Raises:
+            ValueError: no patches, or patches not shaped (B, L, C, P_h, P_w) like ``lesion_valid`` (B, L).
+        """
+        if lesion_patches is None or lesion_patches.ndim != 5 or lesion_patches.shape[:2] != lesion_valid.shape:
+            got = None if lesion_patches is None else tuple(lesion_patches.shape)
+            raise ValueError(
+                f"local_patch: lesion_patches must be (B, L, C, P_h, P_w) with (B, L) = {tuple(lesion_valid.shape)}, "
+                f"got {got}"
+            )
+        assert self.local_stream is not None
+        return self.local_stream(lesion_patches[lesion_valid]).float()
 
 
 def check_lesion_inputs(image: torch.Tensor, lesion_masks: torch.Tensor, lesion_valid: torch.Tensor) -> None:
@@ -297,11 +341,23 @@ def check_lesion_inputs(image: torch.Tensor, lesion_masks: torch.Tensor, lesion_
         )
 
 
+def context_union(lesion_masks: torch.Tensor, lesion_valid: torch.Tensor) -> torch.Tensor:
+    """For each lesion the union of the **other** valid masks of its scan: (B, L, H, W) 0/1 (masks taken as > 0)."""
+    binary = (lesion_masks > 0).to(lesion_masks.dtype) * lesion_valid.to(lesion_masks.dtype)[..., None, None]
+    return ((binary.sum(dim=1, keepdim=True) - binary) > 0).to(lesion_masks.dtype)
+
+
 def per_lesion_logits(
-    model: OnePassLesionClassifier, image: torch.Tensor, lesion_masks: torch.Tensor, lesion_valid: torch.Tensor
+    model: OnePassLesionClassifier,
+    image: torch.Tensor,
+    lesion_masks: torch.Tensor,
+    lesion_valid: torch.Tensor,
+    lesion_patches: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The brute-force reference of ``model(image, lesion_masks, lesion_valid)``: the backbone and head run once per
-    valid lesion, on that lesion's scan (one scan at a time), pooled with that lesion's mask alone.
+    """The brute-force reference of ``model(image, lesion_masks, lesion_valid, lesion_patches)``: the backbone and
+    head run once per valid lesion, on that lesion's scan (one scan at a time), pooled with that lesion's mask alone
+    (and, with ``context_masks``, with the maximum of the scan's other valid masks; with ``local_patch``, that
+    lesion's patch encoded alone).
 
     Returns:
         (N, num_classes) logits in the order of ``model``'s output.
@@ -310,8 +366,16 @@ def per_lesion_logits(
     for b, lesion in lesion_valid.bool().nonzero().tolist():
         scan, masks, valid = image[b : b + 1], lesion_masks[b : b + 1], lesion_valid[b : b + 1]
         maps = model.backbone(model.backbone_input(scan, masks, valid))
-        features = torch.cat([masked_average_pool(m, masks[:, lesion : lesion + 1]) for m in maps], dim=-1)  # (1, 1, D)
-        outputs.append(model.head(features[0]))
+        pools = [masks[:, lesion : lesion + 1]]
+        if model.context_masks:
+            others = [masks[0, j] > 0 for j in range(masks.shape[1]) if j != lesion and bool(valid[0, j])]
+            union = torch.stack(others).any(dim=0) if others else torch.zeros_like(masks[0, 0], dtype=torch.bool)
+            pools.append(union.to(masks.dtype)[None, None])
+        features = torch.cat([masked_average_pool(m, w) for w in pools for m in maps], dim=-1)[0]  # (1, D)
+        if model.local_stream is not None:
+            assert lesion_patches is not None
+            features = torch.cat([features, model.local_stream(lesion_patches[b, lesion][None]).float()], dim=-1)
+        outputs.append(model.head(features))
     if not outputs:
         return image.new_zeros(0, model.num_classes)
     return torch.cat(outputs)

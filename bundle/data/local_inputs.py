@@ -1,0 +1,189 @@
+"""The optional inputs beyond the paper's scan + mask: a full-resolution patch per lesion, and the other lesions' masks.
+
+Both are switched on in train.yaml (``local_patch``, ``context_masks``) and reach the network next to the scan:
+
+- **local patch** (:class:`LesionPatchd`): a fixed-size patch (``patch_size``, default 64×64 pixels) of the
+  full-resolution scan, cut before the scan is resized for the global stream, centred on the lesion (the centre of
+  its mask's bounding box) and zero-padded where it passes the image edge; with the patch of the mask and the patch at
+  the same place in the **other view** (the scan is anterior | mirrored posterior side by side, docs/data.md, so the
+  other view's point is half the width away). One lesion: (3, P, P) = [scan, mask, other view]; L lesions of a scan:
+  (3L, P, P), lesion by lesion, channel-first so MONAI's flips act on the patches' width like on the scan.
+- **context masks** (per-lesion mode, :class:`LoadContextMaskd`): the union of the masks of the scan's **other**
+  lesions, (1, H, W), read from the ``context_masks`` paths that :func:`add_context_masks` lists for each lesion;
+  stacked as a third input channel. (In one-pass mode the network pools the other lesions' area from the same
+  feature maps instead; no input is added: :class:`bundle.nets.onepass.OnePassLesionClassifier`.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.config import KeysCollection
+from monai.data.image_reader import ImageReader
+from monai.transforms import LoadImage, MapTransform
+from monai.utils import convert_to_tensor
+
+from bundle.data.paths import image_key
+from bundle.errors import ShapeMismatchError
+
+__all__ = [
+    "CONTEXT_KEY",
+    "PATCH_CHANNELS",
+    "PATCH_KEY",
+    "LesionPatchd",
+    "LoadContextMaskd",
+    "add_context_masks",
+    "lesion_centre",
+    "lesion_patches",
+]
+
+#: item key of the local patches: (3, P, P) for one lesion, (3L, P, P) for the L lesions of a scan
+PATCH_KEY = "patch"
+#: item key of the other lesions' mask paths, then of their union (1, H, W)
+CONTEXT_KEY = "context_masks"
+#: channels of one lesion's patch: the scan, the lesion's mask, the scan at the same place in the other view
+PATCH_CHANNELS = 3
+
+
+def add_context_masks(entries: Sequence[Mapping[str, Any]], mask_key: str = "mask") -> list[dict[str, Any]]:
+    """Per-lesion entries, each with :data:`CONTEXT_KEY`: the mask paths of the **other** lesions of its scan.
+
+    Lesions belong to the same scan when their ``image`` is the same file(s) (:func:`bundle.data.paths.image_key`);
+    the order is the entries' order. A mask listed twice for one scan counts once, and a lesion's own mask is never
+    in its context.
+    """
+    by_scan: dict[str, list[str]] = {}
+    for entry in entries:
+        masks = by_scan.setdefault(image_key(entry["image"]), [])
+        if entry[mask_key] not in masks:
+            masks.append(entry[mask_key])
+    return [
+        {**entry, CONTEXT_KEY: [m for m in by_scan[image_key(entry["image"])] if m != entry[mask_key]]}
+        for entry in entries
+    ]
+
+
+class LoadContextMaskd(MapTransform):
+    """Read a list of mask paths (the other lesions of a scan) into their union, a (1, H, W) float32 0/1 tensor.
+
+    An empty list (a scan's only lesion) gives zeros shaped like ``reference_key``, the already loaded scan.
+
+    Args:
+        keys: keys of the path lists (:data:`CONTEXT_KEY`); each is replaced by the union.
+        reader: the image reader (the configs' ``image_reader``).
+        reference_key: the loaded scan, (1, H, W) or (H, W).
+
+    Raises:
+        ShapeMismatchError: a mask's shape is not the scan's (H, W), naming the mask file.
+    """
+
+    #: reads the scan as well as its own key (bundle.engine.inference.ScanCachedCompose runs it per lesion)
+    combines_keys = True
+
+    def __init__(
+        self,
+        keys: KeysCollection = CONTEXT_KEY,
+        reader: ImageReader | None = None,
+        reference_key: str = "image",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.loader = LoadImage(reader=reader, image_only=True)
+        self.reference_key = reference_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        shape = tuple(d[self.reference_key].shape[-2:])
+        for key in self.key_iterator(d):
+            union = torch.zeros((1, *shape), dtype=torch.float32)
+            for path in d[key]:
+                mask = convert_to_tensor(self.loader(path), dtype=torch.float32, track_meta=False)
+                if tuple(mask.shape) != shape:
+                    raise ShapeMismatchError(
+                        path,
+                        f"mask of shape {tuple(mask.shape)}, its scan is {shape}",
+                        "draw the mask on the scan in the pipeline's layout (docs/data.md)",
+                    )
+                union = torch.maximum(union, (mask > 0).float()[None])
+            d[key] = union
+        return d
+
+
+def lesion_centre(mask: torch.Tensor) -> tuple[int, int]:
+    """(row, column) of the centre of a (H, W) mask's bounding box (integer division); the image centre when the
+    mask is empty."""
+    rows = torch.nonzero(mask.reshape(mask.shape[-2:]).any(dim=1)).flatten()
+    cols = torch.nonzero(mask.reshape(mask.shape[-2:]).any(dim=0)).flatten()
+    if rows.numel() == 0:
+        return mask.shape[-2] // 2, mask.shape[-1] // 2
+    return int(rows[0] + rows[-1]) // 2, int(cols[0] + cols[-1]) // 2
+
+
+def lesion_patches(scan: torch.Tensor, masks: torch.Tensor, patch_size: Sequence[int]) -> torch.Tensor:
+    """The local patches of every lesion of one scan (module docstring).
+
+    Args:
+        scan: (1, H, W) or (H, W), full resolution, both views side by side (W even).
+        masks: (L, H, W) lesion masks (L may be 0).
+        patch_size: (P_h, P_w) of each patch.
+
+    Returns:
+        (3L, P_h, P_w) float32: per lesion [scan, mask, scan in the other view], each centred on the lesion's
+        bounding-box centre (:func:`lesion_centre`; in the other view the same point half the width away) and
+        zero-padded outside the image.
+    """
+    image = torch.as_tensor(scan, dtype=torch.float32).reshape(scan.shape[-2:])
+    masks = torch.as_tensor(masks, dtype=torch.float32).reshape(-1, *image.shape)
+    ph, pw = (int(s) for s in patch_size)
+    width = image.shape[-1]
+    # pad by a whole patch on every side: any centre inside the image then slices without bounds checks
+    padded = F.pad(torch.cat([image[None], masks]), (pw, pw, ph, ph))
+    patches = []
+    for index in range(masks.shape[0]):
+        row, col = lesion_centre(masks[index])
+        other = col + width // 2 if col < width // 2 else col - width // 2
+        top = row - ph // 2 + ph
+        for channel, column in ((0, col), (index + 1, col), (0, other)):
+            left = column - pw // 2 + pw
+            patches.append(padded[channel, top : top + ph, left : left + pw])
+    return torch.stack(patches) if patches else torch.zeros((0, ph, pw))
+
+
+class LesionPatchd(MapTransform):
+    """Add :data:`PATCH_KEY`: the local patches of the lesion(s) in ``keys`` (:func:`lesion_patches`).
+
+    Runs on the full-resolution scan, after the intensity scaling and before the resize of the global stream.
+
+    Args:
+        keys: the mask key: ``mask`` (one lesion, (1, H, W) → (3, P, P)) or ``masks`` (L lesions → (3L, P, P)).
+        patch_size: (P_h, P_w) pixels of the full-resolution scan.
+        image_key: the scan, (1, H, W).
+        patch_key: where the patches go.
+    """
+
+    #: reads the scan as well as the mask (bundle.engine.inference.ScanCachedCompose runs it per lesion)
+    combines_keys = True
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        patch_size: Sequence[int] = (64, 64),
+        image_key: str = "image",
+        patch_key: str = PATCH_KEY,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if len(patch_size) != 2 or min(int(s) for s in patch_size) < 1:
+            raise ValueError(f"patch_size must be two positive sizes (P_h, P_w), got {list(patch_size)}")
+        self.patch_size = tuple(int(s) for s in patch_size)
+        self.image_key, self.patch_key = image_key, patch_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            scan = convert_to_tensor(d[self.image_key], track_meta=False)
+            d[self.patch_key] = lesion_patches(scan, convert_to_tensor(d[key], track_meta=False), self.patch_size)
+        return d
