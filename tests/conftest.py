@@ -102,3 +102,13 @@ def save_nifti(path: Path, array) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(array, np.eye(4)), str(path))
     return path.name
+
+
+def copy_lesion_files(source: Path, entries, destination: Path) -> None:
+    """Copy the scan and mask of each datalist entry (relative paths) from ``source`` to ``destination``."""
+    import shutil
+
+    for entry in entries:
+        for key in ("image", "mask"):
+            (destination / entry[key]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source / entry[key], destination / entry[key])

@@ -8,9 +8,11 @@ import json
 import re
 
 import pytest
+import torch
+from sklearn.metrics import roc_auc_score
 
 from bundle.data import validation
-from bundle.data.datalist import read_datalist
+from bundle.data.datalist import burden_group, read_datalist
 from bundle.evaluation.__main__ import main as evaluation_main
 from bundle.evaluation.cv import (
     Run,
@@ -222,23 +224,49 @@ def test_two_fold_cross_validation_end_to_end(phantom_dir, tmp_path, monkeypatch
 
 @pytest.mark.integration
 def test_two_fold_cross_validation_in_scan_mode(phantom_dir, tmp_path, monkeypatch):
-    """The one-pass mode through the runner: every test lesion once per fold, its rows, temperatures and inner-split
-    thresholds in the report."""
+    """The one-pass mode through the runner, alone and with each option beyond the paper (local patch, context):
+    every test lesion once per fold and run, each run's rows, temperatures and inner-split thresholds in the report."""
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "cv"
+    names = ["resnet10_scan", "resnet10_scan_patch", "resnet10_scan_context"]
     argv = [
-        "--out", str(out), "--folds", "0", "1", "--bootstrap", "20", "--networks", "resnet10", "--lesion_mode", "scan",
+        "--out", str(out), "--folds", "0", "1", "--bootstrap", "20", "--runs", ",".join(names),
         "--dataset_dir", str(phantom_dir), "--spatial_size", "[64,32]", "--max_epochs", "1", "--batch_size", "4",
-        "--num_workers", "0",
+        "--num_workers", "0", "--patch_size", "[32,32]",
     ]  # fmt: skip
     assert main(argv) == 0
     entries = read_datalist(phantom_dir / "datalist.json")["training"]
     expected = {e["lesion_id"]: e for e in entries if e["fold"] in (0, 1)}
     with open(out / "predictions.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    assert sorted(r["lesion_id"] for r in rows) == sorted(expected)
-    assert {r["network"] for r in rows} == {"resnet10_scan"}
+        every_row = list(csv.DictReader(f))
+    assert [sorted(r["lesion_id"] for r in every_row if r["network"] == n) for n in names] == [sorted(expected)] * 3
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["networks"] == names and report["reference_network"] == "resnet10_scan"
+    assert [n["network"] for n in report["table3"]["networks"]] == names
+    for name, option in (("resnet10_scan_patch", "local_patch"), ("resnet10_scan_context", "context_masks")):
+        state = torch.load(out / name / "fold0" / "checkpoints" / "model.pt", weights_only=True)
+        assert ("local_stream.net.conv1.weight" in state) == (option == "local_patch"), name
+        head_inputs = state["head.1.weight"].shape[1]  # own features (+ the other lesions' area) (+ the patch's)
+        assert head_inputs == {"local_patch": 960 + 512, "context_masks": 2 * 960}[option], name  # resnet10: 960
+        rows = [r for r in every_row if r["network"] == name]
+        assert len({r["probability"] for r in rows}) > 1
+    rows = [r for r in every_row if r["network"] == "resnet10_scan"]
     assert all(int(r["fold"]) == expected[r["lesion_id"]]["fold"] for r in rows)
+    # every run by lesion burden (Table 4's groups): its lesions and its AUC there, against scikit-learn
+    burden = report["burden_by_network"]
+    assert [r["network"] for r in burden["networks"]] == names
+    for row in burden["networks"]:
+        mine = [r for r in every_row if r["network"] == row["network"]]
+        assert sum(g["lesions"] for g in row["groups"]) == len(mine)
+        for group in row["groups"]:
+            chosen = [r for r in mine if burden_group(expected[r["lesion_id"]]["lesions_in_image"]) == group["group"]]
+            assert group["lesions"] == len(chosen)
+            labels = [int(r["label"]) for r in chosen]
+            if group["auc"]["value"] is not None:
+                probabilities = [float(r["probability"]) for r in chosen]
+                assert group["auc"]["value"] == pytest.approx(roc_auc_score(labels, probabilities), abs=1e-9)
+            else:
+                assert min(labels.count(0), labels.count(1)) < 2
     for fold in (0, 1):
         fold_dir = out / "resnet10_scan" / f"fold{fold}"
         metrics = json.loads((fold_dir / "eval" / "metrics.json").read_text())
@@ -246,15 +274,19 @@ def test_two_fold_cross_validation_in_scan_mode(phantom_dir, tmp_path, monkeypat
         temperature = json.loads((fold_dir / "checkpoints" / "temperature.json").read_text())
         assert metrics["calibration"]["temperature"] == pytest.approx(temperature["temperature"])
 
-    report = json.loads((out / "report" / "report.json").read_text())
-    assert report["networks"] == ["resnet10_scan"] and report["reference_network"] == "resnet10_scan"
     assert report["table3"]["networks"][0]["lesions"]["total"] == len(expected)
     assert [f["fold"] for f in report["table2"]["folds"]] == [0, 1]
     calibration = report["calibration"]["networks"][0]
     summary = json.loads((out / "cv_summary.json").read_text())
-    assert [(s["network"], s["lesion_mode"], s["fold"]) for s in summary["folds"]] == [
-        ("resnet10_scan", "scan", 0), ("resnet10_scan", "scan", 1),
+    identities = [
+        (s["network"], s["lesion_mode"], s["local_patch"], s["context_masks"], s["fold"]) for s in summary["folds"]
+    ]
+    assert identities == [
+        ("resnet10_scan", "scan", False, False, 0), ("resnet10_scan", "scan", False, False, 1),
+        ("resnet10_scan_patch", "scan", True, False, 0), ("resnet10_scan_patch", "scan", True, False, 1),
+        ("resnet10_scan_context", "scan", False, True, 0), ("resnet10_scan_context", "scan", False, True, 1),
     ]  # fmt: skip
+    summary["folds"] = summary["folds"][:2]
     assert calibration["temperatures"] == {str(s["fold"]): s["calibration"]["temperature"] for s in summary["folds"]}
     assert calibration["ece_after"] is not None
     assert report["inner_threshold"]["networks"][0]["network"] == "resnet10_scan"

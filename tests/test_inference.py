@@ -25,7 +25,7 @@ from bundle.engine.inference import (
 )
 from bundle.engine.writers import LesionResultWriter
 
-from .conftest import REPO_ROOT, run_bundle, save_seeded_resnet50
+from .conftest import REPO_ROOT, copy_lesion_files, run_bundle, save_seeded_resnet50
 from .conftest import TINY_OVERRIDES as TINY
 
 VERSION = json.loads((REPO_ROOT / "configs" / "metadata.json").read_text())["version"]
@@ -152,10 +152,7 @@ def test_corrupt_scan_is_reported_and_skipped(phantom, checkpoint, tmp_path):
     scans = list(dict.fromkeys(e["image"] for e in entries))[:3]
     entries = [e for e in entries if e["image"] in scans]
     data = tmp_path / "data"
-    for e in entries:
-        for key in ("image", "mask"):
-            (data / e[key]).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(phantom / e[key], data / e[key])
+    copy_lesion_files(phantom, entries, data)
     corrupt_scan = data / scans[1]
     corrupt_scan.write_bytes(corrupt_scan.read_bytes()[:300])  # truncated gzip
     good = [e for e in entries if e["image"] != scans[1]]

@@ -220,3 +220,40 @@ def test_inference_applies_the_temperature_in_both_modes(runs, phantom_dir, mode
     for lesion_id, p in evaluated.items():
         logit = np.log(p) - np.log1p(-p)
         assert inferred[lesion_id] == pytest.approx(1 / (1 + np.exp(-logit / temperature)), abs=1e-5), lesion_id
+
+
+@pytest.mark.integration
+def test_scan_mode_inference_skips_a_scan_that_fails_to_load(runs, phantom_dir, tmp_path):
+    """One pass per scan: a truncated scan and a garbage mask (which spoils its whole scan, read in one item) are
+    reported lesion by lesion in failed.csv with the file that failed; the third scan is classified; exit status 1."""
+    from .conftest import copy_lesion_files, run_bundle
+
+    entries = read_datalist(phantom_dir / "datalist.json")["training"]
+    scans = list(dict.fromkeys(e["image"] for e in entries))[:3]
+    entries = [e for e in entries if e["image"] in scans]
+    data = tmp_path / "data"
+    copy_lesion_files(phantom_dir, entries, data)
+    corrupt_scan = data / scans[1]
+    corrupt_scan.write_bytes(corrupt_scan.read_bytes()[:300])  # truncated gzip
+    corrupt_mask = data / [e for e in entries if e["image"] == scans[2]][-1]["mask"]
+    corrupt_mask.write_text("not an image")
+    listed = [{"image": e["image"], "mask": e["mask"], "lesion_id": e["lesion_id"]} for e in entries]
+    (data / "lesions.json").write_text(json.dumps({"training": listed}))
+    result = run_bundle(
+        "run", "--config_file", "configs/inference.yaml", "--dataset_dir", str(data), "--datalist",
+        str(data / "lesions.json"), "--checkpoint", str(runs / "scan" / "checkpoints" / "model.pt"), "--output_dir",
+        str(tmp_path / "out"), "--spatial_size", "[64,32]", "--batch_size", "2", "--lesion_mode", "scan",
+        "--network_name", "resnet10", check=False,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]
+    failed = read_rows(tmp_path / "out" / "failed.csv")[1]
+    expected = {e["lesion_id"]: e for e in entries if e["image"] in scans[1:]}
+    assert sorted(f["lesion_id"] for f in failed) == sorted(expected)
+    for f in failed:
+        assert f["failed_file"] == str(corrupt_scan if expected[f["lesion_id"]]["image"] == scans[1] else corrupt_mask)
+        assert f["error"]
+    classified = read_rows(tmp_path / "out" / "lesions.csv")[1]
+    assert sorted(r["lesion_id"] for r in classified) == sorted(
+        e["lesion_id"] for e in entries if e["image"] == scans[0]
+    )
+    assert all(0.0 <= float(r["probability"]) <= 1.0 for r in classified)

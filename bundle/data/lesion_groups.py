@@ -41,13 +41,14 @@ from monai.data.image_reader import ImageReader
 from monai.engines.utils import PrepareBatch
 from monai.transforms import LoadImage, MapTransform
 
-from bundle.data.local_inputs import PATCH_CHANNELS, PATCH_KEY, add_context_masks
+from bundle.data.local_inputs import CONTEXT_KEY, PATCH_CHANNELS, PATCH_KEY, add_context_masks
 from bundle.data.paths import image_key
 from bundle.errors import EntryKeyError, PatientFoldError, ProblemsError, ShapeMismatchError
 
 __all__ = [
     "LESION_MODES",
     "LESION_VALID_KEY",
+    "LoadContextMaskd",
     "LoadLesionMasksd",
     "PrepareScanBatch",
     "group_by_scan",
@@ -189,12 +190,45 @@ class LoadLesionMasksd(MapTransform):
                 if tuple(mask.shape) != shape:
                     raise ShapeMismatchError(
                         path,
-                        f"mask of shape {tuple(mask.shape)}, its scan {d.get(self.reference_key)!r} is {shape}",
+                        f"mask of shape {tuple(mask.shape)}, its scan {scan_name(reference)} is {shape}",
                         "draw the mask on the scan in the pipeline's layout (docs/data.md)",
                     )
                 masks.append(mask)
             d[key] = torch.stack(masks) if masks else torch.zeros((0, *shape))
         return d
+
+
+class LoadContextMaskd(LoadLesionMasksd):
+    """Read a list of mask paths (the other lesions of a scan, :data:`~bundle.data.local_inputs.CONTEXT_KEY`) into
+    their union, a (1, H, W) float32 0/1 tensor; an empty list (a scan's only lesion) gives zeros.
+
+    Args and errors as :class:`LoadLesionMasksd`.
+    """
+
+    #: reads the scan as well as its own key (bundle.engine.inference.ScanCachedCompose runs it per lesion)
+    combines_keys = True
+
+    def __init__(
+        self,
+        keys: KeysCollection = CONTEXT_KEY,
+        reader: ImageReader | None = None,
+        reference_key: str = "image",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, reader, reference_key, allow_missing_keys)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = super().__call__(data)
+        for key in self.key_iterator(d):
+            masks = d[key] > 0
+            d[key] = (masks.any(dim=0, keepdim=True) if len(masks) else masks.new_zeros(1, *masks.shape[1:])).float()
+        return d
+
+
+def scan_name(scan: Any) -> str:
+    """The file name a loaded scan came from (MONAI's ``filename_or_obj``), else "(loaded)"."""
+    meta = getattr(scan, "meta", None) or {}
+    return str(meta.get("filename_or_obj") or "(loaded)")
 
 
 def is_array(value: Any) -> bool:

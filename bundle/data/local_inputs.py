@@ -8,10 +8,10 @@ Both are switched on in train.yaml (``local_patch``, ``context_masks``) and reac
   the same place in the **other view** (the scan is anterior | mirrored posterior side by side, docs/data.md, so the
   other view's point is half the width away). One lesion: (3, P, P) = [scan, mask, other view]; L lesions of a scan:
   (3L, P, P), lesion by lesion, channel-first so MONAI's flips act on the patches' width like on the scan.
-- **context masks** (per-lesion mode, :class:`LoadContextMaskd`): the union of the masks of the scan's **other**
-  lesions, (1, H, W), read from the ``context_masks`` paths that :func:`add_context_masks` lists for each lesion;
-  stacked as a third input channel. (In one-pass mode the network pools the other lesions' area from the same
-  feature maps instead; no input is added: :class:`bundle.nets.onepass.OnePassLesionClassifier`.)
+- **context masks** (per-lesion mode, :class:`bundle.data.lesion_groups.LoadContextMaskd`): the union of the masks of
+  the scan's **other** lesions, (1, H, W), read from the ``context_masks`` paths that :func:`add_context_masks` lists
+  for each lesion; stacked as a third input channel. (In one-pass mode the network pools the other lesions' area from
+  the same feature maps instead; no input is added: :class:`bundle.nets.onepass.OnePassLesionClassifier`.)
 """
 
 from __future__ import annotations
@@ -22,19 +22,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
-from monai.data.image_reader import ImageReader
-from monai.transforms import LoadImage, MapTransform
+from monai.transforms import MapTransform
 from monai.utils import convert_to_tensor
 
 from bundle.data.paths import image_key
-from bundle.errors import ShapeMismatchError
 
 __all__ = [
     "CONTEXT_KEY",
     "PATCH_CHANNELS",
     "PATCH_KEY",
     "LesionPatchd",
-    "LoadContextMaskd",
     "add_context_masks",
     "lesion_centre",
     "lesion_patches",
@@ -64,52 +61,6 @@ def add_context_masks(entries: Sequence[Mapping[str, Any]], mask_key: str = "mas
         {**entry, CONTEXT_KEY: [m for m in by_scan[image_key(entry["image"])] if m != entry[mask_key]]}
         for entry in entries
     ]
-
-
-class LoadContextMaskd(MapTransform):
-    """Read a list of mask paths (the other lesions of a scan) into their union, a (1, H, W) float32 0/1 tensor.
-
-    An empty list (a scan's only lesion) gives zeros shaped like ``reference_key``, the already loaded scan.
-
-    Args:
-        keys: keys of the path lists (:data:`CONTEXT_KEY`); each is replaced by the union.
-        reader: the image reader (the configs' ``image_reader``).
-        reference_key: the loaded scan, (1, H, W) or (H, W).
-
-    Raises:
-        ShapeMismatchError: a mask's shape is not the scan's (H, W), naming the mask file.
-    """
-
-    #: reads the scan as well as its own key (bundle.engine.inference.ScanCachedCompose runs it per lesion)
-    combines_keys = True
-
-    def __init__(
-        self,
-        keys: KeysCollection = CONTEXT_KEY,
-        reader: ImageReader | None = None,
-        reference_key: str = "image",
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.loader = LoadImage(reader=reader, image_only=True)
-        self.reference_key = reference_key
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        shape = tuple(d[self.reference_key].shape[-2:])
-        for key in self.key_iterator(d):
-            union = torch.zeros((1, *shape), dtype=torch.float32)
-            for path in d[key]:
-                mask = convert_to_tensor(self.loader(path), dtype=torch.float32, track_meta=False)
-                if tuple(mask.shape) != shape:
-                    raise ShapeMismatchError(
-                        path,
-                        f"mask of shape {tuple(mask.shape)}, its scan is {shape}",
-                        "draw the mask on the scan in the pipeline's layout (docs/data.md)",
-                    )
-                union = torch.maximum(union, (mask > 0).float()[None])
-            d[key] = union
-        return d
 
 
 def lesion_centre(mask: torch.Tensor) -> tuple[int, int]:

@@ -36,7 +36,7 @@ SETTINGS_FILE = "settings.json"
 SETTINGS = (
     "spatial_size", "network_name", "amp", "channels_last", "batch_size", "threshold", "pixel_mm",
     "regions_checkpoint", "regions_spatial_size", "hotspots_checkpoint", "hotspots_spatial_size",
-    "hotspots_threshold",
+    "hotspots_threshold", "lesion_mode", "local_patch", "context_masks", "patch_size",
 )  # fmt: skip
 
 

@@ -34,6 +34,7 @@ from monai.utils import ensure_tuple
 
 from bundle.data.builder import LABEL_FOLDERS, collect_folder, collect_unlabelled_folder
 from bundle.data.datalist import repeated_lesion_ids
+from bundle.data.local_inputs import CONTEXT_KEY
 from bundle.data.paths import resolve
 from bundle.data.readers import WholeBodyScanReader
 from bundle.engine.writers import ERROR_KEY, FAILED_FILE_KEY, META_KEYS
@@ -269,6 +270,11 @@ def root_cause(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}".strip()
 
 
+#: per-scan items (lesion_mode scan): the key of the lesion masks, and the per-lesion lists kept with a scan
+SCAN_MASKS_KEY = "masks"
+SCAN_LESION_KEYS = ("lesion_id", "mask_file")
+
+
 class TolerantDataset(Dataset):
     """MONAI ``Dataset`` whose items never raise: a failing item comes back as a placeholder with its error.
 
@@ -278,13 +284,23 @@ class TolerantDataset(Dataset):
     classified. Items that arrive with an ``error`` (found unusable while listing a folder) come back the same
     way. :class:`~bundle.engine.writers.LesionResultWriter` reports such items and leaves them out of the results.
 
+    With ``per_scan`` (train.yaml's ``lesion_mode: scan``) an item is a scan with its lesions
+    (:func:`bundle.data.lesion_groups.items_for_mode`): it comes back as ``image``, ``masks`` (L, H, W), the
+    per-lesion lists ``lesion_id``/``mask_file`` and the scan's ``scan``/``patient_id``; a placeholder has zero masks
+    for each of its L lesions, so :func:`~bundle.data.lesion_groups.pad_lesions_collate` reports every lesion of a
+    scan that failed and the other scans are still classified.
+
     Args:
         data: the items (see :func:`inference_items`).
         transform: preprocessing (a ``Compose`` whose first transform loads ``file_keys``); must return the
             ``image`` tensor of shape ``placeholder_shape``.
         placeholder_shape: (C, H, W) of a preprocessed image, e.g. (2, 512, 256).
         meta_keys: item keys copied to the output (strings).
-        file_keys: item keys holding file paths, checked one by one to name the file that failed.
+        file_keys: item keys holding file paths (or lists of paths), checked one by one to name the file that failed.
+        extra_shapes: other network inputs of the preprocessed item and their shapes (``{"patch": (3, 64, 64)}``
+            with train.yaml's ``local_patch``), returned like ``image``: zeros of that shape in a placeholder (per
+            scan: the first dimension times the scan's lesion count).
+        per_scan: items are scans with their lesions (above).
     """
 
     def __init__(
@@ -293,31 +309,65 @@ class TolerantDataset(Dataset):
         transform: Callable | None,
         placeholder_shape: Sequence[int],
         meta_keys: Sequence[str] = META_KEYS,
-        file_keys: Sequence[str] = ("image", "mask"),
+        file_keys: Sequence[str] = ("image", "mask", CONTEXT_KEY),
+        extra_shapes: Mapping[str, Sequence[int]] | None = None,
+        per_scan: bool = False,
     ) -> None:
         super().__init__(data=data, transform=transform)
-        self.placeholder_shape = tuple(int(s) for s in placeholder_shape)
+        self.per_scan = bool(per_scan)
+        self.shapes = {"image": tuple(int(s) for s in placeholder_shape)}
+        self.shapes.update({k: tuple(int(s) for s in v) for k, v in (extra_shapes or {}).items()})
+        self.placeholder_shape = self.shapes["image"]
         self.meta_keys = tuple(meta_keys)
-        self.file_keys = tuple(file_keys)
+        self.file_keys = tuple(file_keys) + ((SCAN_MASKS_KEY,) if self.per_scan else ())
+
+    def placeholders(self, lesions: int = 1) -> dict[str, torch.Tensor]:
+        """Zeros of every input's shape (per scan: with ``lesions`` zero masks and patches)."""
+        if not self.per_scan:
+            return {key: torch.zeros(shape) for key, shape in self.shapes.items()}
+        first, *rest = self.shapes["image"]
+        out = {key: torch.zeros((shape[0] * lesions, *shape[1:])) for key, shape in self.shapes.items()}
+        return {**out, "image": torch.zeros((first, *rest)), SCAN_MASKS_KEY: torch.zeros((lesions, *rest))}
+
+    def _scan_transform(self, index: int) -> dict[str, Any]:
+        """One scan with its lesions (``per_scan``), or its placeholder."""
+        item = self.data[index]
+        lesions = {key: [str(v) for v in item.get(key, [])] for key in SCAN_LESION_KEYS}
+        meta = {k: str(item.get(k, "")) for k in self.meta_keys if k not in SCAN_LESION_KEYS}
+        try:
+            out = super()._transform(index)
+            inputs = {key: torch.as_tensor(out[key]) for key in (*self.shapes, SCAN_MASKS_KEY)}
+            if tuple(inputs["image"].shape) != self.shapes["image"]:
+                raise ValueError(
+                    f"preprocessed image of shape {tuple(inputs['image'].shape)}, expected {self.shapes['image']}"
+                )
+        except Exception as err:  # reported per lesion by LesionResultWriter; the run exits non-zero at the end
+            failed_file = self.failed_file(item)
+            error = root_cause(err)
+            logger.warning(f"scan {meta.get('scan')}: cannot load {failed_file or 'its files'}: {error}")
+            placeholder = self.placeholders(len(lesions["lesion_id"]))
+            return {**placeholder, ERROR_KEY: error, FAILED_FILE_KEY: failed_file, **meta, **lesions}
+        return {**inputs, ERROR_KEY: "", FAILED_FILE_KEY: "", **meta, **lesions}
 
     def _transform(self, index: int) -> dict[str, Any]:
+        if self.per_scan:
+            return self._scan_transform(index)
         item = self.data[index]
         meta = {k: str(item.get(k, "")) for k in self.meta_keys}
         if item.get(ERROR_KEY):  # found unusable before loading (e.g. while listing a folder)
-            placeholder = torch.zeros(self.placeholder_shape)
-            return {"image": placeholder, ERROR_KEY: str(item[ERROR_KEY]), FAILED_FILE_KEY: str(item["mask"]), **meta}
+            return {**self.placeholders(), ERROR_KEY: str(item[ERROR_KEY]), FAILED_FILE_KEY: str(item["mask"]), **meta}
         try:
             out = super()._transform(index)
-            image = torch.as_tensor(out["image"])
-            if tuple(image.shape) != self.placeholder_shape:
-                raise ValueError(f"preprocessed shape {tuple(image.shape)}, expected {self.placeholder_shape}")
+            inputs = {key: torch.as_tensor(out[key]) for key in self.shapes}
+            for key, tensor in inputs.items():
+                if tuple(tensor.shape) != self.shapes[key]:
+                    raise ValueError(f"preprocessed {key} of shape {tuple(tensor.shape)}, expected {self.shapes[key]}")
         except Exception as err:  # reported by LesionResultWriter; the run exits non-zero at the end
             failed_file = self.failed_file(item)
             error = root_cause(err)
             logger.warning(f"lesion {meta.get('lesion_id')}: cannot load {failed_file or 'its files'}: {error}")
-            placeholder = torch.zeros(self.placeholder_shape)
-            return {"image": placeholder, ERROR_KEY: error, FAILED_FILE_KEY: failed_file, **meta}
-        return {"image": image, ERROR_KEY: "", FAILED_FILE_KEY: "", **meta}
+            return {**self.placeholders(), ERROR_KEY: error, FAILED_FILE_KEY: failed_file, **meta}
+        return {**inputs, ERROR_KEY: "", FAILED_FILE_KEY: "", **meta}
 
     def failed_file(self, item: Mapping[Hashable, Any]) -> str:
         """The first of the item's files that is missing or that the loader cannot read ("" if none is found).
@@ -332,11 +382,14 @@ class TolerantDataset(Dataset):
             missing = [p for p in paths if p and not os.path.exists(p.split("#")[0])]
             if missing:
                 return missing[0]
-            if loader is not None and any(paths):
+            # a scan given as two single-view files is read as one; the other lesions' masks one by one
+            for files in [[p] for p in paths] if key in (CONTEXT_KEY, SCAN_MASKS_KEY) else [paths]:
+                if loader is None or not any(files):
+                    continue
                 try:
-                    loader({**item, **dict.fromkeys(self.file_keys, value)})
+                    loader({**item, **dict.fromkeys(("image", "mask"), files[0] if len(files) == 1 else value)})
                 except Exception:
-                    return " + ".join(paths)
+                    return " + ".join(files)
         return ""
 
 

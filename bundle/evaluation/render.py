@@ -429,6 +429,28 @@ def _youden_table(report: Mapping[str, Any]) -> Table | None:
     return table
 
 
+def _burden_by_network_table(report: Mapping[str, Any]) -> Table | None:
+    burden = report.get("burden_by_network")
+    if not burden:
+        return None
+    groups = list(burden["groups"])
+    table = Table(
+        "AUC of every network by lesion burden (95% CI)",
+        ["Network", "All lesions", *[f"{burden['groups'][g]}" for g in groups]],
+    )
+    for row in burden["networks"]:
+        by_group = {g["group"]: g for g in row["groups"]}
+        cells = [
+            f"{auc_cell(by_group[g]['auc'])} (n = {by_group[g]['lesions']})" if g in by_group else NA for g in groups
+        ]
+        table.add([row["network"], auc_cell(row["overall_auc"]), *cells])
+    table.notes.append(
+        "The same lesions for every network; a network's gain from the scan's other lesions (…_context) should show "
+        "most where there are several."
+    )
+    return table
+
+
 def _calibration_table(report: Mapping[str, Any]) -> Table | None:
     cal = report.get("calibration")
     if not cal:
@@ -607,6 +629,9 @@ def build_document(report: Mapping[str, Any]) -> list[Block]:
             ),
         )
     )
+    by_network = _burden_by_network_table(report)
+    if by_network is not None:
+        doc.append(("table", by_network))
     doc.append(("h2", "Primary tumour (Table 5)"))
     t5 = _subgroup_tables(report, "table5", "Table 5 — by primary tumour (95% CI), χ² across groups", "table5")
     doc.append(("table", t5))

@@ -509,6 +509,23 @@ def _subgroup_table(
     }
 
 
+def _burden_by_network(by_net: Mapping[str, Lesions], networks: Sequence[str]) -> dict[str, Any] | None:
+    """Pooled AUC (95% CI) of every network in each lesion-burden group (Table 4's groups), so that options such as
+    the context of the other lesions can be compared where they should matter; None with a single network."""
+    if len(networks) < 2:
+        return None
+    rows = []
+    for name in networks:
+        lesions = by_net[name]
+        groups = []
+        for g in BURDEN_GROUPS:
+            sub = lesions.subset(lesions.burden == g)
+            if len(sub):
+                groups.append({"group": g, "lesions": len(sub), "auc": _metrics(sub, 0.5)["auc"]})
+        rows.append({"network": name, "overall_auc": _metrics(lesions, 0.5)["auc"], "groups": groups})
+    return {"groups": {g: BURDEN_LABELS[g] for g in BURDEN_GROUPS}, "networks": rows}
+
+
 def _patient_level(lesions: Lesions, threshold: float) -> dict[str, Any]:
     patients = sorted(set(lesions.patient_id.tolist()))
     index = {p: i for i, p in enumerate(patients)}
@@ -886,6 +903,7 @@ def build_report(
         "table2": _table2(lesions, threshold),
         "table3": _table3(by_net, reference, threshold),
         "table4": _subgroup_table(lesions, "burden", tuple(BURDEN_GROUPS), BURDEN_LABELS, threshold),
+        "burden_by_network": _burden_by_network(by_net, networks),
         "table5": _subgroup_table(lesions, "tumor", TUMOR_GROUPS, TUMOR_LABELS, threshold),
         "patient_level": _patient_level(lesions, threshold),
         "youden": _youden(lesions, threshold),

@@ -258,6 +258,11 @@ class OnePassLesionClassifier(nn.Module):
             nn.Linear(hidden_channels, num_classes),
         )
 
+    @property
+    def cam_layer(self) -> str:
+        """The module Grad-CAM explains: the backbone's last pooled stage (``backbone.body.layer4`` for ResNets)."""
+        return f"backbone.body.{self.backbone.stages[-1]}"
+
     def feature_channels(self) -> list[int]:
         """Channels of each pooled stage (found by running the backbone once on a small zero input)."""
         was_training = self.backbone.training

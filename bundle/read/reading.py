@@ -40,8 +40,11 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.handlers import Checkpoint
+from monai.data import list_data_collate
+from monai.engines import default_prepare_batch
 
 from bundle.data.builder import SCAN_FOLDERS, scans_in
+from bundle.data.lesion_groups import items_for_mode
 from bundle.data.paths import EXTENSIONS, resolve, stem
 from bundle.data.readers import save_layout_nifti
 from bundle.data.regions import (
@@ -155,10 +158,10 @@ class WholeScanReader:
         segmenter: ``segmenter(scan (H, W) float32) -> region map (H, W) int``: atlas (default) or network.
         detector: the hot-spot detector.
         preprocessing: the classifier's scan + mask preprocessing (train.yaml ``image_transforms``, e.g. wrapped in
-            :class:`~bundle.engine.inference.ScanCachedCompose`): ``{"image": path, "mask": path} -> {"image":
-            tensor (2, h, w)}``.
+            :class:`~bundle.engine.inference.ScanCachedCompose`) of one item of ``lesion_mode``: ``{"image": path,
+            "mask": path} -> {"image": tensor (2, h, w)}`` in the paper's mode.
         network: the classifier (weights loaded), in eval mode on ``device``.
-        inferer: ``inferer(batch (B, 2, h, w), network) -> logits (B, 2)``.
+        inferer: ``inferer(inputs, network, *args, **kwargs) -> logits (N, 2)``.
         postprocessing: train.yaml's ``postprocessing`` (softmax into ``pred``).
         image_reader: reads scans (:class:`~bundle.data.readers.WholeBodyScanReader`).
         output_dir: where the results go.
@@ -168,6 +171,10 @@ class WholeScanReader:
         regions_source: how the regions were made (written into the outputs).
         metadata: extra fields for the run's read.json (model, checkpoint, versions).
         pixel_mm: (row, column) pixel size for files without one; default from the whole-body field of view.
+        lesion_mode: train.yaml's: ``lesion`` (one item per hot spot) or ``scan`` (one item per scan).
+        context_masks: train.yaml's (per-lesion items then list the scan's other hot spots).
+        collate_fn: train.yaml's ``collate_fn`` (batches of preprocessed items).
+        prepare_batch: train.yaml's ``prepare_batch`` (a batch -> the network's inputs).
     """
 
     def __init__(
@@ -186,6 +193,10 @@ class WholeScanReader:
         regions_source: str = "atlas",
         metadata: Mapping[str, Any] | None = None,
         pixel_mm: Sequence[float] | None = None,
+        lesion_mode: str = "lesion",
+        context_masks: bool = False,
+        collate_fn: Callable[[Sequence[Any]], Any] = list_data_collate,
+        prepare_batch: Callable = default_prepare_batch,
     ) -> None:
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
@@ -197,6 +208,8 @@ class WholeScanReader:
         self.regions_source = regions_source
         self.metadata = dict(metadata or {})
         self.pixel_mm = tuple(pixel_mm) if pixel_mm else None
+        self.lesion_mode, self.context_masks = lesion_mode, bool(context_masks)
+        self.collate_fn, self.prepare_batch = collate_fn, prepare_batch
 
     # ---- one scan -----------------------------------------------------------------------------------------------
     def load(self, scan: str | Sequence[str]) -> tuple[np.ndarray, dict]:
@@ -215,11 +228,13 @@ class WholeScanReader:
         """
         probabilities: list[float] = []
         self.network.eval()
-        for start in range(0, len(masks), self.batch_size):
-            items = [self.preprocessing({"image": scan, "mask": m}) for m in masks[start : start + self.batch_size]]
-            batch = torch.stack([torch.as_tensor(item["image"]) for item in items]).to(self.device)
+        entries = [{"image": scan, "mask": m, "lesion_id": str(i)} for i, m in enumerate(masks)]
+        items = items_for_mode(entries, self.lesion_mode, self.context_masks)  # per lesion, or the scan
+        for start in range(0, len(items), self.batch_size):
+            batch = self.collate_fn([self.preprocessing(item) for item in items[start : start + self.batch_size]])
+            inputs, _, args, kwargs = (*self.prepare_batch(batch, self.device), (), {})[:4]
             with torch.no_grad():
-                logits = self.inferer(batch, self.network)
+                logits = self.inferer(inputs, self.network, *args, **kwargs)
             for row in logits:
                 pred = self.postprocessing({"pred": row.float().cpu()})["pred"]
                 probabilities.append(float(pred[1]))
