@@ -142,7 +142,7 @@ def test_evaluation_help_lists_every_command_and_flag(capsys):
     assert flags == {
         "cv": {
             "--out", "--folds", "--networks", "--lesion_mode", "--local_patch", "--context_masks", "--runs",
-            "--threshold", "--bootstrap", "--no_report",
+            "--explain", "--threshold", "--bootstrap", "--no_report",
         },
         "report": {
             "--datalist", "--out", "--threshold", "--bootstrap", "--seed", "--reference_network", "--network_name",
@@ -232,7 +232,7 @@ def test_two_fold_cross_validation_in_scan_mode(phantom_dir, tmp_path, monkeypat
     argv = [
         "--out", str(out), "--folds", "0", "1", "--bootstrap", "20", "--runs", ",".join(names),
         "--dataset_dir", str(phantom_dir), "--spatial_size", "[64,32]", "--max_epochs", "1", "--batch_size", "4",
-        "--num_workers", "0", "--patch_size", "[32,32]",
+        "--num_workers", "0", "--patch_size", "[32,32]", "--explain",
     ]  # fmt: skip
     assert main(argv) == 0
     entries = read_datalist(phantom_dir / "datalist.json")["training"]
@@ -241,8 +241,9 @@ def test_two_fold_cross_validation_in_scan_mode(phantom_dir, tmp_path, monkeypat
         every_row = list(csv.DictReader(f))
     assert [sorted(r["lesion_id"] for r in every_row if r["network"] == n) for n in names] == [sorted(expected)] * 3
     report = json.loads((out / "report" / "report.json").read_text())
-    assert report["networks"] == names and report["reference_network"] == "resnet10_scan"
-    assert [n["network"] for n in report["table3"]["networks"]] == names
+    ordered = ["resnet10_scan", "resnet10_scan_context", "resnet10_scan_patch"]  # the paper's first, then by name
+    assert report["networks"] == ordered and report["reference_network"] == "resnet10_scan"
+    assert [n["network"] for n in report["table3"]["networks"]] == ordered
     for name, option in (("resnet10_scan_patch", "local_patch"), ("resnet10_scan_context", "context_masks")):
         state = torch.load(out / name / "fold0" / "checkpoints" / "model.pt", weights_only=True)
         assert ("local_stream.net.conv1.weight" in state) == (option == "local_patch"), name
@@ -252,9 +253,29 @@ def test_two_fold_cross_validation_in_scan_mode(phantom_dir, tmp_path, monkeypat
         assert len({r["probability"] for r in rows}) > 1
     rows = [r for r in every_row if r["network"] == "resnet10_scan"]
     assert all(int(r["fold"]) == expected[r["lesion_id"]]["fold"] for r in rows)
+    # --explain: a Grad-CAM picture of every test lesion of the reference run; the report shows the most confident
+    # true/false positives/negatives, each of the outcome its label and probability give
+    pictures = sorted(
+        p.stem
+        for fold in (0, 1)
+        for p in (out / "resnet10_scan" / f"fold{fold}" / "eval" / "explanations").glob("*.png")
+    )
+    assert pictures == sorted(expected)
+    explained = report["explanations"]
+    assert explained["available"] == len(expected) and 0 < len(explained["lesions"]) <= 8
+    by_id = {r["lesion_id"]: r for r in rows}
+    for item in explained["lesions"]:
+        called = float(by_id[item["lesion_id"]]["probability"]) >= 0.5
+        label = int(by_id[item["lesion_id"]]["label"])
+        assert item["outcome"] == ("t" if called == bool(label) else "f") + ("p" if called else "n")
+        assert item["probability"] == pytest.approx(float(by_id[item["lesion_id"]]["probability"]))
+    for outcome in ("tp", "fp", "tn", "fn"):
+        chosen = [i["probability"] for i in explained["lesions"] if i["outcome"] == outcome]
+        assert chosen == sorted(chosen, reverse=outcome in ("tp", "fp"))  # the most confident first
+    assert (out / "report" / "figures" / "explanations.png").is_file()
     # every run by lesion burden (Table 4's groups): its lesions and its AUC there, against scikit-learn
     burden = report["burden_by_network"]
-    assert [r["network"] for r in burden["networks"]] == names
+    assert [r["network"] for r in burden["networks"]] == ordered
     for row in burden["networks"]:
         mine = [r for r in every_row if r["network"] == row["network"]]
         assert sum(g["lesions"] for g in row["groups"]) == len(mine)

@@ -8,7 +8,7 @@ Typical usage::
     python -m bundle.evaluation cv --out outputs/cv --folds 0 1            # two of the folds only
     python -m bundle.evaluation cv --out outputs/cv --lesion_mode lesion,scan   # the paper's method vs one pass
     python -m bundle.evaluation cv --out outputs/cv --lesion_mode scan --local_patch false,true --context_masks true
-    python -m bundle.evaluation cv --out outputs/cv --runs resnet50,resnet50_scan,resnet50_scan_patch_context
+    python -m bundle.evaluation cv --out outputs/cv --runs resnet50,resnet50_scan,resnet50_scan_patch_context --explain
 
 Each fold runs the bundle's own workflows — ``configs/train.yaml`` (run id ``training``) and then
 ``configs/train.yaml`` + ``configs/evaluate.yaml`` (run id ``evaluating``) — with the overrides given here, into
@@ -48,7 +48,13 @@ from bundle.data.lesion_groups import LESION_MODES
 from bundle.data.validation import check_datalist
 from bundle.engine.checkpoints import latest_checkpoint
 from bundle.evaluation.predictions import model_selection_note
-from bundle.evaluation.report import build_report, fold_calibration, read_predictions, write_report
+from bundle.evaluation.report import (
+    build_report,
+    explanation_pictures,
+    fold_calibration,
+    read_predictions,
+    write_report,
+)
 from bundle.io import atomic_write_csv, atomic_write_text
 from bundle.nets import NETWORKS
 from bundle.nets.onepass import BACKBONES
@@ -380,6 +386,19 @@ class CrossValidation:
             "total_seconds": round(time.perf_counter() - started, 1),
         }
 
+    def explain_fold(self, run: Run, fold: int) -> Path:
+        """Grad-CAM pictures of a finished fold's test lesions (evaluate.yaml ``--explain true``), made once: the
+        evaluation is run again with ``explain`` on when its ``eval/explanations`` folder is missing (same
+        checkpoint, same predictions). Returns that folder."""
+        folder = self.fold_dir(run, fold) / "eval" / "explanations"
+        if not folder.is_dir():
+            logger.info(f"{run.name} fold {fold}: Grad-CAM pictures of the test lesions")
+            evaluation = self._workflow(run, fold, evaluate=True, explain=True)
+            evaluation.initialize()
+            evaluation.run()
+            evaluation.finalize()
+        return folder
+
     def pooled_predictions(self, runs: Sequence[Run], folds: Sequence[int]) -> list[dict[str, Any]]:
         """Out-of-fold predictions of every lesion, with ``fold`` and ``network`` (the run's name) columns."""
         rows = []
@@ -445,6 +464,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="comma-separated run names <network>[_scan][_patch][_context] instead of every combination of "
         "--networks, --lesion_mode, --local_patch and --context_masks (e.g. resnet50,resnet50_scan_patch)",
     )
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="Grad-CAM pictures of the reference run's test lesions (evaluate.yaml --explain true), a sample of "
+        "true/false positives/negatives shown in the report (default: off)",
+    )
     parser.add_argument("--threshold", type=float, default=0.5, help="malignancy threshold (default: 0.5)")
     parser.add_argument("--bootstrap", type=int, default=2000, help="patient bootstrap resamples (default: 2000)")
     parser.add_argument("--no_report", action="store_true", help="skip the report at the end (default: off)")
@@ -485,6 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 summaries.append(summary)
 
     out = Path(args.out)
+    pictures = explanation_pictures([cv.explain_fold(runs[0], f) for f in folds]) if args.explain else None
     rows = cv.pooled_predictions(runs, folds)
     atomic_write_csv(out / "predictions.csv", rows, POOLED_COLUMNS)
     atomic_write_text(
@@ -505,6 +531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             reference_network=runs[0].name,
             selection_note=note,
             calibration=fold_calibration(summaries),
+            explanations=pictures,
         )
         written = write_report(report, out / "report")
         print(f"report: {written['html']} (and report.md, report.json)")

@@ -76,6 +76,9 @@ code { background: #f3f4f6; padding: 0 .25em; border-radius: 3px; }
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+OUTCOME_LABELS = {"tp": "true positive", "fp": "false positive", "tn": "true negative", "fn": "false negative"}
+
+
 def fmt_pct(value: float | None) -> str:
     """A fraction as a percentage with 2 decimals (the paper's style), or "n/a"."""
     return NA if value is None else f"{100 * value:.2f}"
@@ -895,6 +898,27 @@ def _calibration_figure(report: Mapping[str, Any], path: Path) -> None:
     _save(fig, path)
 
 
+def _explanations_figure(report: Mapping[str, Any], path: Path) -> None:
+    """The sampled Grad-CAM pictures side by side, one column per outcome (TP, FP, TN, FN)."""
+    import matplotlib.image
+
+    sample = report["explanations"]["lesions"]
+    outcomes = list(dict.fromkeys(item["outcome"] for item in sample))
+    rows = max(sum(item["outcome"] == o for item in sample) for o in outcomes)
+    fig = Figure(figsize=(2.2 * len(outcomes), 3.4 * rows), layout="constrained")
+    axes = np.array(fig.subplots(rows, len(outcomes), squeeze=False))
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for column, outcome in enumerate(outcomes):
+        items = [item for item in sample if item["outcome"] == outcome]
+        for row, item in enumerate(items):
+            ax = axes[row, column]
+            ax.imshow(matplotlib.image.imread(item["picture"]))
+            ax.set_title(f"{OUTCOME_LABELS[outcome]}\n{item['lesion_id']}  P = {item['probability']:.2f}", fontsize=7)
+    fig.suptitle(f"{report['reference_network']}: Grad-CAM of P(malignant)", fontsize=10)
+    _save(fig, path)
+
+
 def render_figures(report: Mapping[str, Any], out_dir: str | os.PathLike) -> list[Path]:
     """Draw the figures listed in ``report["figures"]`` into ``out_dir`` (matplotlib, Agg canvas, no pyplot state)."""
     out_dir = Path(out_dir)
@@ -912,6 +936,8 @@ def render_figures(report: Mapping[str, Any], out_dir: str | os.PathLike) -> lis
             _networks_figure(report, path)
         elif name == "calibration.png":
             _calibration_figure(report, path)
+        elif name == "explanations.png":
+            _explanations_figure(report, path)
         else:
             raise ValueError(f"unknown figure {fig['file']!r}")
         written.append(path)

@@ -526,6 +526,37 @@ def _burden_by_network(by_net: Mapping[str, Lesions], networks: Sequence[str]) -
     return {"groups": {g: BURDEN_LABELS[g] for g in BURDEN_GROUPS}, "networks": rows}
 
 
+def _explanations(
+    lesions: Lesions, pictures: Mapping[str, str | os.PathLike] | None, threshold: float, per_outcome: int
+) -> dict[str, Any] | None:
+    """A sample of the reference network's Grad-CAM pictures: per outcome (TP, FP, TN, FN at ``threshold``) the
+    ``per_outcome`` most confident lesions that have a picture (highest P(malignant) for TP/FP, lowest for TN/FN:
+    the clearest hits and the most confident errors). None without pictures."""
+    if not pictures:
+        return None
+    called = lesions.probability >= threshold
+    kinds = {
+        "tp": called & (lesions.label == 1), "fp": called & (lesions.label == 0),
+        "tn": ~called & (lesions.label == 0), "fn": ~called & (lesions.label == 1),
+    }  # fmt: skip
+    sample = []
+    for outcome, chosen in kinds.items():
+        index = [i for i in np.flatnonzero(chosen) if str(lesions.lesion_id[i]) in pictures]
+        index.sort(key=lambda i: -lesions.probability[i] if outcome in ("tp", "fp") else lesions.probability[i])
+        for i in index[:per_outcome]:
+            lesion_id = str(lesions.lesion_id[i])
+            sample.append(
+                {
+                    "outcome": outcome,
+                    "lesion_id": lesion_id,
+                    "label": int(lesions.label[i]),
+                    "probability": float(lesions.probability[i]),
+                    "picture": str(pictures[lesion_id]),
+                }
+            )
+    return {"threshold": threshold, "per_outcome": per_outcome, "available": len(pictures), "lesions": sample}
+
+
 def _patient_level(lesions: Lesions, threshold: float) -> dict[str, Any]:
     patients = sorted(set(lesions.patient_id.tolist()))
     index = {p: i for i, p in enumerate(patients)}
@@ -813,7 +844,21 @@ def _figure_plan(report: Mapping[str, Any]) -> list[dict[str, str]]:
                 "P(malignant)), before and after each fold's temperature scaling; point size ∝ lesions in the bin.",
             }
         )
+    if report.get("explanations") and report["explanations"]["lesions"]:
+        plan.append(
+            {
+                "file": "figures/explanations.png",
+                "caption": f"{ref}: Grad-CAM of P(malignant) for a sample of true/false positives/negatives (the most "
+                "confident of each; lesion outlined in white), from evaluate.yaml's --explain true on each test fold.",
+            }
+        )
     return plan
+
+
+def explanation_pictures(folders: Sequence[str | os.PathLike]) -> dict[str, str]:
+    """``{lesion_id: picture path}`` of the Grad-CAM PNGs in ``folders`` (file name = the lesion id as
+    :func:`bundle.engine.explanations.safe_name` writes it; ids of the phantom and of the builder keep their name)."""
+    return {p.stem: str(p) for folder in folders for p in sorted(Path(folder).glob("*.png"))}
 
 
 def to_jsonable(value: Any) -> Any:
@@ -842,6 +887,8 @@ def build_report(
     default_network: str = DEFAULT_NETWORK,
     inputs: Mapping[str, Any] | None = None,
     calibration: Mapping[str, Mapping[Any, Mapping[str, Any]]] | None = None,
+    explanations: Mapping[str, str | os.PathLike] | None = None,
+    explanations_per_outcome: int = 2,
 ) -> dict[str, Any]:
     """Compute every number of the report.
 
@@ -859,6 +906,8 @@ def build_report(
         inputs: provenance (file names) recorded as is.
         calibration: per network and fold, ``temperature`` and ``youden_threshold`` fitted on that fold's inner
             validation split (:func:`fold_calibration`); None: no calibration and inner-threshold sections.
+        explanations: the reference network's Grad-CAM pictures by lesion id (evaluate.yaml ``--explain true``,
+            :func:`explanation_pictures`); a sample per outcome is shown (``explanations_per_outcome``).
 
     Returns:
         A JSON-ready dict (no NaN: undefined numbers are None) that ``write_report`` renders.
@@ -910,6 +959,7 @@ def build_report(
         "calibration": _calibration(by_net, calibration),
         "inner_threshold": _inner_threshold(by_net, calibration, threshold),
         "phantom": _phantom(lesions),
+        "explanations": _explanations(lesions, explanations, threshold, explanations_per_outcome),
         "bootstrap": _cluster_bootstrap(by_net, reference, threshold, bootstrap, seed),
         "roc_curves": {
             "overall": _roc_points(lesions.label, lesions.probability),
