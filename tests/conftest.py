@@ -104,11 +104,17 @@ def save_nifti(path: Path, array) -> str:
     return path.name
 
 
-def copy_lesion_files(source: Path, entries, destination: Path) -> None:
-    """Copy the scan and mask of each datalist entry (relative paths) from ``source`` to ``destination``."""
+def copy_first_scans(source: Path, destination: Path, count: int = 3) -> tuple[list[dict], list[str]]:
+    """Copy the first ``count`` scans of ``source``'s datalist with their masks to ``destination`` (same relative
+    paths); returns their datalist entries and scan paths, for tests that then spoil some of the copies."""
+    import json
     import shutil
 
+    entries = json.loads((source / "datalist.json").read_text())["training"]
+    scans = list(dict.fromkeys(e["image"] for e in entries))[:count]
+    entries = [e for e in entries if e["image"] in scans]
     for entry in entries:
         for key in ("image", "mask"):
             (destination / entry[key]).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(source / entry[key], destination / entry[key])
+    return entries, scans

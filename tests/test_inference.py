@@ -25,7 +25,7 @@ from bundle.engine.inference import (
 )
 from bundle.engine.writers import LesionResultWriter
 
-from .conftest import REPO_ROOT, copy_lesion_files, run_bundle, save_seeded_resnet50
+from .conftest import REPO_ROOT, copy_first_scans, run_bundle, save_seeded_resnet50
 from .conftest import TINY_OVERRIDES as TINY
 
 VERSION = json.loads((REPO_ROOT / "configs" / "metadata.json").read_text())["version"]
@@ -148,11 +148,8 @@ def test_inference_equals_evaluation(phantom, checkpoint, tmp_path):
 @pytest.mark.integration
 def test_corrupt_scan_is_reported_and_skipped(phantom, checkpoint, tmp_path):
     """A truncated scan and a garbage mask among good ones: the rest is classified, failures listed, exit 1."""
-    entries = json.loads((phantom / "datalist.json").read_text())["training"]
-    scans = list(dict.fromkeys(e["image"] for e in entries))[:3]
-    entries = [e for e in entries if e["image"] in scans]
     data = tmp_path / "data"
-    copy_lesion_files(phantom, entries, data)
+    entries, scans = copy_first_scans(phantom, data)
     corrupt_scan = data / scans[1]
     corrupt_scan.write_bytes(corrupt_scan.read_bytes()[:300])  # truncated gzip
     good = [e for e in entries if e["image"] != scans[1]]

@@ -226,13 +226,10 @@ def test_inference_applies_the_temperature_in_both_modes(runs, phantom_dir, mode
 def test_scan_mode_inference_skips_a_scan_that_fails_to_load(runs, phantom_dir, tmp_path):
     """One pass per scan: a truncated scan and a garbage mask (which spoils its whole scan, read in one item) are
     reported lesion by lesion in failed.csv with the file that failed; the third scan is classified; exit status 1."""
-    from .conftest import copy_lesion_files, run_bundle
+    from .conftest import copy_first_scans, run_bundle
 
-    entries = read_datalist(phantom_dir / "datalist.json")["training"]
-    scans = list(dict.fromkeys(e["image"] for e in entries))[:3]
-    entries = [e for e in entries if e["image"] in scans]
     data = tmp_path / "data"
-    copy_lesion_files(phantom_dir, entries, data)
+    entries, scans = copy_first_scans(phantom_dir, data)
     corrupt_scan = data / scans[1]
     corrupt_scan.write_bytes(corrupt_scan.read_bytes()[:300])  # truncated gzip
     corrupt_mask = data / [e for e in entries if e["image"] == scans[2]][-1]["mask"]
