@@ -20,7 +20,6 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils import convert_to_tensor
@@ -33,6 +32,7 @@ __all__ = [
     "PATCH_KEY",
     "LesionPatchd",
     "add_context_masks",
+    "centred_crop",
     "lesion_centre",
     "lesion_patches",
 ]
@@ -88,19 +88,28 @@ def lesion_patches(scan: torch.Tensor, masks: torch.Tensor, patch_size: Sequence
     """
     image = torch.as_tensor(scan, dtype=torch.float32).reshape(scan.shape[-2:])
     masks = torch.as_tensor(masks, dtype=torch.float32).reshape(-1, *image.shape)
-    ph, pw = (int(s) for s in patch_size)
+    size = tuple(int(s) for s in patch_size)
     width = image.shape[-1]
-    # pad by a whole patch on every side: any centre inside the image then slices without bounds checks
-    padded = F.pad(torch.cat([image[None], masks]), (pw, pw, ph, ph))
     patches = []
-    for index in range(masks.shape[0]):
-        row, col = lesion_centre(masks[index])
+    for mask in masks:
+        row, col = lesion_centre(mask)
         other = col + width // 2 if col < width // 2 else col - width // 2
-        top = row - ph // 2 + ph
-        for channel, column in ((0, col), (index + 1, col), (0, other)):
-            left = column - pw // 2 + pw
-            patches.append(padded[channel, top : top + ph, left : left + pw])
-    return torch.stack(patches) if patches else torch.zeros((0, ph, pw))
+        patches += [centred_crop(image, row, col, size), centred_crop(mask, row, col, size)]
+        patches.append(centred_crop(image, row, other, size))
+    return torch.stack(patches) if patches else torch.zeros((0, *size))
+
+
+def centred_crop(array: torch.Tensor, row: int, col: int, size: tuple[int, int]) -> torch.Tensor:
+    """The (P_h, P_w) window of a (H, W) array whose centre pixel (P_h // 2, P_w // 2) is (row, col), zeros where it
+    passes the edge (only the window is copied, nothing is padded)."""
+    (ph, pw), (height, width) = size, array.shape
+    top, left = row - ph // 2, col - pw // 2
+    out = array.new_zeros(size)
+    rows = slice(max(top, 0), min(top + ph, height))
+    cols = slice(max(left, 0), min(left + pw, width))
+    if rows.start < rows.stop and cols.start < cols.stop:
+        out[rows.start - top : rows.stop - top, cols.start - left : cols.stop - left] = array[rows, cols]
+    return out
 
 
 class LesionPatchd(MapTransform):
