@@ -145,11 +145,14 @@ class GradCAMWriter:
         maps = gradcam_maps(self.network, self.layer, images, **inputs)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         for (item, output), cam in zip(kept, maps, strict=True):
-            p = malignant_probability(output["pred"])
-            name = str(item.get("lesion_id", "lesion"))
-            title = f"{name}: P(malignant) {p:.3f} ({'malignant' if p >= self.threshold else 'benign'})"
-            image = torch.as_tensor(item["image"]).float().cpu().numpy()
-            save_overlay(self.output_dir / f"{safe_name(name)}.png", image, cam, title)
+            self.save(item, output, torch.as_tensor(item["image"]).float().cpu().numpy(), cam)
+
+    def save(self, item: Mapping[str, Any], output: Mapping[str, Any], picture: np.ndarray, cam: np.ndarray) -> None:
+        """``<lesion_id>.png``: ``picture`` (scan, mask) with ``cam`` over it, P(malignant) and class in the title."""
+        p = malignant_probability(output["pred"])
+        name = str(item.get("lesion_id", "lesion"))
+        title = f"{name}: P(malignant) {p:.3f} ({'malignant' if p >= self.threshold else 'benign'})"
+        save_overlay(self.output_dir / f"{safe_name(name)}.png", picture, cam, title)
 
     def explain_scans(self, items: list[Mapping[str, Any]], outputs: list[Mapping[str, Any]]) -> None:
         """One-pass mode: a map per valid lesion of the kept collated batch, its output row's gradient."""
@@ -168,8 +171,4 @@ class GradCAMWriter:
             if patches is not None:
                 lesion.inputs["lesion_patches"] = torch.as_tensor(patches[b : b + 1]).float().to(device)
             cam = gradcam_maps(lesion, f"net.{self.layer}", images[b : b + 1].to(device))[0]
-            p = malignant_probability(outputs[k]["pred"])
-            name = str(items[k].get("lesion_id", "lesion"))
-            title = f"{name}: P(malignant) {p:.3f} ({'malignant' if p >= self.threshold else 'benign'})"
-            picture = torch.stack([images[b, 0], masks[b, row]]).numpy()
-            save_overlay(self.output_dir / f"{safe_name(name)}.png", picture, cam, title)
+            self.save(items[k], outputs[k], torch.stack([images[b, 0], masks[b, row]]).numpy(), cam)

@@ -322,12 +322,14 @@ class TolerantDataset(Dataset):
         self.file_keys = tuple(file_keys) + ((SCAN_MASKS_KEY,) if self.per_scan else ())
 
     def placeholders(self, lesions: int = 1) -> dict[str, torch.Tensor]:
-        """Zeros of every input's shape (per scan: with ``lesions`` zero masks and patches)."""
-        if not self.per_scan:
-            return {key: torch.zeros(shape) for key, shape in self.shapes.items()}
-        first, *rest = self.shapes["image"]
-        out = {key: torch.zeros((shape[0] * lesions, *shape[1:])) for key, shape in self.shapes.items()}
-        return {**out, "image": torch.zeros((first, *rest)), SCAN_MASKS_KEY: torch.zeros((lesions, *rest))}
+        """Zeros of every input's shape; per scan the other inputs (patches) once per lesion, and ``lesions`` masks."""
+        out = {
+            key: torch.zeros((shape[0] * lesions, *shape[1:])) for key, shape in self.shapes.items() if key != "image"
+        }
+        out["image"] = torch.zeros(self.shapes["image"])
+        if self.per_scan:
+            out[SCAN_MASKS_KEY] = torch.zeros((lesions, *self.shapes["image"][1:]))
+        return out
 
     def _scan_transform(self, index: int) -> dict[str, Any]:
         """One scan with its lesions (``per_scan``), or its placeholder."""

@@ -47,6 +47,7 @@ from bundle.data.datalist import read_datalist
 from bundle.data.lesion_groups import LESION_MODES
 from bundle.data.validation import check_datalist
 from bundle.engine.checkpoints import latest_checkpoint
+from bundle.engine.configs import as_flag
 from bundle.evaluation.predictions import model_selection_note
 from bundle.evaluation.report import (
     build_report,
@@ -142,11 +143,13 @@ def parse_switches(text: str) -> list[bool]:
     Raises:
         argparse.ArgumentTypeError: an empty list, a repeated or unknown value (true/false, yes/no, on/off, 1/0).
     """
-    words = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
-    values = [words.get(v.strip().lower()) for v in text.split(",") if v.strip()]
-    if not values or None in values or len(set(values)) < len(values):
+    try:
+        values = [as_flag(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or len(set(values)) < len(values):
         raise argparse.ArgumentTypeError(f"{text!r}: expected false, true or false,true")
-    return values  # type: ignore[return-value]
+    return values
 
 
 class Run(NamedTuple):
@@ -244,6 +247,13 @@ def check_runs(runs: Sequence[Run]) -> None:
         raise ValueError(
             f"not available: {', '.join(bad)} (lesion mode: {', '.join(NETWORKS)}; scan mode: {', '.join(BACKBONES)})"
         )
+
+
+def run_workflow(workflow: ConfigWorkflow) -> None:
+    """Initialize, run and finalize a bundle workflow (what ``python -m monai.bundle run`` does)."""
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
 
 
 class EpochCallback:
@@ -350,7 +360,7 @@ class CrossValidation:
         name = run.name
         fold_dir = self.fold_dir(run, fold)
         metrics_file = fold_dir / "eval" / "metrics.json"
-        identity = {"fold": fold, "network": name, "network_name": run.network, **run.overrides()}
+        identity = {"fold": fold, "network": name, **run.overrides()}
         if metrics_file.is_file():
             logger.info(f"{name} fold {fold}: finished earlier, skipped ({metrics_file})")
             return {**json.loads(metrics_file.read_text()), **identity, "skipped": True}
@@ -368,15 +378,11 @@ class CrossValidation:
                 # a handler added to the config, not to an early-instantiated trainer: instantiating the trainer
                 # before `training` runs would draw the network's random init in another order than the bundle CLI
                 train.parser["train#handlers"] = [*train.parser["train#handlers"], EpochCallback(on_epoch)]
-            train.initialize()
-            train.run()
-            train.finalize()
+            run_workflow(train)
         train_seconds = time.perf_counter() - started
 
         evaluation = self._workflow(run, fold, evaluate=True)
-        evaluation.initialize()
-        evaluation.run()
-        evaluation.finalize()
+        run_workflow(evaluation)
         summary = json.loads(metrics_file.read_text())
         return {
             **summary,
@@ -393,10 +399,7 @@ class CrossValidation:
         folder = self.fold_dir(run, fold) / "eval" / "explanations"
         if not folder.is_dir():
             logger.info(f"{run.name} fold {fold}: Grad-CAM pictures of the test lesions")
-            evaluation = self._workflow(run, fold, evaluate=True, explain=True)
-            evaluation.initialize()
-            evaluation.run()
-            evaluation.finalize()
+            run_workflow(self._workflow(run, fold, evaluate=True, explain=True))
         return folder
 
     def pooled_predictions(self, runs: Sequence[Run], folds: Sequence[int]) -> list[dict[str, Any]]:
